@@ -1,0 +1,115 @@
+//! `sting-store`: the source of truth of a Sting node or cluster.
+//!
+//! Everything durable (users, sessions, leases; later conversations, jars, documents, chunks)
+//! goes through the [`Store`] trait. Actors are caches with behaviour: they rebuild from the
+//! store and acknowledge a client only after the store accepted the write.
+//!
+//! The trait is shaped for ScyllaDB's constraints so both backends can honour it:
+//! every read is by partition key (or a bounded, time-ordered page of one), there are no joins,
+//! and the only read-modify-write is the lease, a conditional write (an LWT on ScyllaDB, a
+//! transaction on SQLite). The embedded SQLite backend ([`SqliteStore`]) is the default.
+//!
+//! One contract suite (`tests`) is written once against `&dyn Store` and run per backend.
+
+mod error;
+mod model;
+mod sqlite;
+#[cfg(test)]
+mod tests;
+
+use async_trait::async_trait;
+
+pub use error::StoreError;
+pub use model::{Lease, Page, Role, Session, Timestamp, User, UserId};
+pub use sqlite::SqliteStore;
+
+/// Result of every store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The persistence contract every backend implements.
+///
+/// All methods are cancel-safe in the sense that a dropped future either committed its write
+/// or left nothing behind: no partial writes.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short human name of the backend, for status pages ("sqlite", "scylla").
+    fn backend_name(&self) -> &'static str;
+
+    /// Checks that the backend answers a trivial query.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Makes every acknowledged write durable and compacts logs (called at shutdown).
+    async fn flush(&self) -> StoreResult<()>;
+
+    // ---- users ----
+
+    /// Creates a user. Fails with [`StoreError::Conflict`] when the email is taken.
+    async fn create_user(&self, user: &User) -> StoreResult<()>;
+
+    /// Reads a user by id.
+    async fn user(&self, id: UserId) -> StoreResult<Option<User>>;
+
+    /// Reads a user by (already normalised) email.
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
+
+    /// Replaces a user's mutable fields (email, name, role, active, password hash).
+    /// Fails with [`StoreError::NotFound`] for an unknown id and [`StoreError::Conflict`]
+    /// when the new email belongs to another user.
+    async fn update_user(&self, user: &User) -> StoreResult<()>;
+
+    /// One page of users in creation order, and the total number of users.
+    async fn list_users(&self, page: Page) -> StoreResult<(Vec<User>, u64)>;
+
+    // ---- sessions ----
+
+    /// Stores a new session (keyed by the hash of its token; the token itself is never stored).
+    async fn create_session(&self, session: &Session) -> StoreResult<()>;
+
+    /// Reads a session by token hash, expired or not (the caller decides).
+    async fn session(&self, token_hash: &str) -> StoreResult<Option<Session>>;
+
+    /// Slides a session's expiry. Returns `false` when the session no longer exists
+    /// (revoked meanwhile), in which case nothing is written.
+    async fn touch_session(
+        &self,
+        token_hash: &str,
+        expires_at: Timestamp,
+        last_seen_at: Timestamp,
+    ) -> StoreResult<bool>;
+
+    /// Deletes one session. Deleting a missing session is not an error.
+    async fn delete_session(&self, token_hash: &str) -> StoreResult<()>;
+
+    /// Deletes every session of a user and returns the token hashes that were deleted.
+    async fn delete_user_sessions(&self, user_id: UserId) -> StoreResult<Vec<String>>;
+
+    /// Deletes sessions that expired before `now`; returns how many went.
+    async fn delete_expired_sessions(&self, now: Timestamp) -> StoreResult<u64>;
+
+    // ---- leases: single ownership fenced by epochs ----
+
+    /// Takes the lease on `key` for `owner` until `now + ttl_ms`.
+    ///
+    /// Succeeds when the lease is free, expired, or already held by `owner` (then it is
+    /// extended and keeps its epoch). A change of holder increments the epoch, which never
+    /// goes back, even across release. Fails with [`StoreError::LeaseHeld`] while another
+    /// owner holds an unexpired lease.
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl_ms: i64,
+        now: Timestamp,
+    ) -> StoreResult<Lease>;
+
+    /// Extends a lease still held with the same owner and epoch; otherwise
+    /// [`StoreError::StaleLease`] and nothing is written.
+    async fn renew_lease(&self, lease: &Lease, ttl_ms: i64, now: Timestamp) -> StoreResult<Lease>;
+
+    /// Gives a lease up so that another owner can take it at once. A stale lease
+    /// (other owner or epoch) is refused with [`StoreError::StaleLease`] and changes nothing.
+    async fn release_lease(&self, lease: &Lease) -> StoreResult<()>;
+
+    /// The current state of a lease, if it was ever taken.
+    async fn lease(&self, key: &str) -> StoreResult<Option<Lease>>;
+}

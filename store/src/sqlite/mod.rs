@@ -1,0 +1,550 @@
+//! The embedded SQLite backend: one file in the data dir, WAL mode, so that several `sting`
+//! processes on one host can share it. Blocking SQLite calls run on tokio's blocking pool.
+//! Writes go through one connection (SQLite has a single writer anyway, and serialising them
+//! in-process avoids busy retries); reads spread over a few reader connections.
+
+mod migrations;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use uuid::Uuid;
+
+use crate::{Lease, Page, Role, Session, Store, StoreError, StoreResult, Timestamp, User, UserId};
+
+const READER_CONNECTIONS: usize = 4;
+/// How long a statement waits for another process's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// [`Store`] on an embedded SQLite file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub async fn open(path: impl AsRef<Path>) -> StoreResult<SqliteStore> {
+        let path = path.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || Self::open_blocking(path))
+            .await
+            .map_err(|err| StoreError::Internal(format!("open task failed: {err}")))?
+    }
+
+    fn open_blocking(path: PathBuf) -> StoreResult<SqliteStore> {
+        let mut writer = open_connection(&path)?;
+        migrations::migrate(&mut writer).map_err(map_err)?;
+        let readers = (0..READER_CONNECTIONS)
+            .map(|_| open_connection(&path).map(Mutex::new))
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on a reader connection on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        run_blocking(move || {
+            let slot = inner.next_reader.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
+            let conn = lock(&inner.readers[slot])?;
+            f(&conn).map_err(map_err)
+        })
+        .await
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction on the writer connection; commits when `f`
+    /// returns `Ok`, rolls back otherwise (no partial writes).
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        run_blocking(move || {
+            let mut conn = lock(&inner.writer)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_err)?;
+            let value = f(&tx)?;
+            tx.commit().map_err(map_err)?;
+            Ok(value)
+        })
+        .await
+    }
+}
+
+fn open_connection(path: &Path) -> StoreResult<Connection> {
+    let conn = Connection::open(path).map_err(map_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(map_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(map_err)?;
+    // In WAL mode NORMAL is durable across application crashes; only a power loss may drop
+    // the last transactions.
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(map_err)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(map_err)?;
+    Ok(conn)
+}
+
+async fn run_blocking<T, F>(f: F) -> StoreResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> StoreResult<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|err| StoreError::Internal(format!("store task failed: {err}")))?
+}
+
+fn lock(conn: &Mutex<Connection>) -> StoreResult<std::sync::MutexGuard<'_, Connection>> {
+    // A panic while holding the lock cannot leave a half-applied transaction behind
+    // (it rolls back on drop), so a poisoned connection is still usable.
+    Ok(conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+}
+
+fn map_err(err: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    match err.sqlite_error_code() {
+        Some(ErrorCode::ConstraintViolation) => StoreError::Conflict(err.to_string()),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::Unavailable(err.to_string())
+        }
+        _ => StoreError::Internal(err.to_string()),
+    }
+}
+
+fn parse_uuid(text: &str) -> rusqlite::Result<Uuid> {
+    Uuid::parse_str(text).map_err(|err| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(err))
+    })
+}
+
+const USER_COLUMNS: &str =
+    "id, email, name, password_hash, role, active, created_at, updated_at";
+
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
+    let role: String = row.get(4)?;
+    Ok(User {
+        id: parse_uuid(&row.get::<_, String>(0)?)?,
+        email: row.get(1)?,
+        name: row.get(2)?,
+        password_hash: row.get(3)?,
+        role: Role::parse(&role).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                4,
+                rusqlite::types::Type::Text,
+                format!("unknown role {role:?}").into(),
+            )
+        })?,
+        active: row.get(5)?,
+        created_at: Timestamp(row.get(6)?),
+        updated_at: Timestamp(row.get(7)?),
+    })
+}
+
+const SESSION_COLUMNS: &str = "id, token_hash, user_id, created_at, expires_at, last_seen_at";
+
+fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
+    Ok(Session {
+        id: parse_uuid(&row.get::<_, String>(0)?)?,
+        token_hash: row.get(1)?,
+        user_id: parse_uuid(&row.get::<_, String>(2)?)?,
+        created_at: Timestamp(row.get(3)?),
+        expires_at: Timestamp(row.get(4)?),
+        last_seen_at: Timestamp(row.get(5)?),
+    })
+}
+
+fn lease_from_row(row: &Row<'_>) -> rusqlite::Result<Lease> {
+    Ok(Lease {
+        key: row.get(0)?,
+        owner: row.get(1)?,
+        epoch: row.get::<_, i64>(2)? as u64,
+        expires_at: Timestamp(row.get(3)?),
+    })
+}
+
+fn current_lease(tx: &Connection, key: &str) -> StoreResult<Option<Lease>> {
+    tx.query_row(
+        "SELECT key, owner, epoch, expires_at FROM leases WHERE key = ?1",
+        [key],
+        lease_from_row,
+    )
+    .optional()
+    .map_err(map_err)
+}
+
+/// Fails unless `lease` is still the current tenure (same owner and epoch).
+fn check_tenure(tx: &Connection, lease: &Lease) -> StoreResult<()> {
+    match current_lease(tx, &lease.key)? {
+        Some(current) if current.owner == lease.owner && current.epoch == lease.epoch => Ok(()),
+        _ => Err(StoreError::StaleLease {
+            key: lease.key.clone(),
+            epoch: lease.epoch,
+        }),
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend_name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
+            .await
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        let inner = self.inner.clone();
+        run_blocking(move || {
+            let conn = lock(&inner.writer)?;
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn create_user(&self, user: &User) -> StoreResult<()> {
+        let user = user.clone();
+        self.write(move |tx| {
+            let inserted = tx
+                .execute(
+                    "INSERT INTO users (id, email, name, password_hash, role, active, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+                    params![
+                        user.id.to_string(),
+                        user.email,
+                        user.name,
+                        user.password_hash,
+                        user.role.as_str(),
+                        user.active,
+                        user.created_at.0,
+                        user.updated_at.0
+                    ],
+                )
+                .map_err(map_err)?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "a user with email {} or id {} exists",
+                    user.email, user.id
+                )));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn user(&self, id: UserId) -> StoreResult<Option<User>> {
+        self.read(move |conn| {
+            conn.query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
+                [id.to_string()],
+                user_from_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+        let email = email.to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE email = ?1"),
+                [email],
+                user_from_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn update_user(&self, user: &User) -> StoreResult<()> {
+        let user = user.clone();
+        self.write(move |tx| {
+            let updated = tx
+                .execute(
+                    "UPDATE users SET email = ?2, name = ?3, password_hash = ?4, role = ?5,
+                     active = ?6, updated_at = ?7 WHERE id = ?1",
+                    params![
+                        user.id.to_string(),
+                        user.email,
+                        user.name,
+                        user.password_hash,
+                        user.role.as_str(),
+                        user.active,
+                        user.updated_at.0
+                    ],
+                )
+                .map_err(map_err)?;
+            if updated == 0 {
+                return Err(StoreError::NotFound { entity: "user" });
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_users(&self, page: Page) -> StoreResult<(Vec<User>, u64)> {
+        self.read(move |conn| {
+            let total: i64 = conn.query_row("SELECT COUNT(*) FROM users", [], |row| row.get(0))?;
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id LIMIT ?1 OFFSET ?2"
+            ))?;
+            let users = stmt
+                .query_map(
+                    params![page.limit as i64, page.offset.min(i64::MAX as u64) as i64],
+                    user_from_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((users, total as u64))
+        })
+        .await
+    }
+
+    async fn create_session(&self, session: &Session) -> StoreResult<()> {
+        let s = session.clone();
+        self.write(move |tx| {
+            tx.execute(
+                &format!("INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+                params![
+                    s.id.to_string(),
+                    s.token_hash,
+                    s.user_id.to_string(),
+                    s.created_at.0,
+                    s.expires_at.0,
+                    s.last_seen_at.0
+                ],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, token_hash: &str) -> StoreResult<Option<Session>> {
+        let token_hash = token_hash.to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = ?1"),
+                [token_hash],
+                session_from_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn touch_session(
+        &self,
+        token_hash: &str,
+        expires_at: Timestamp,
+        last_seen_at: Timestamp,
+    ) -> StoreResult<bool> {
+        let token_hash = token_hash.to_owned();
+        self.write(move |tx| {
+            let updated = tx
+                .execute(
+                    "UPDATE sessions SET expires_at = ?2, last_seen_at = ?3 WHERE token_hash = ?1",
+                    params![token_hash, expires_at.0, last_seen_at.0],
+                )
+                .map_err(map_err)?;
+            Ok(updated == 1)
+        })
+        .await
+    }
+
+    async fn delete_session(&self, token_hash: &str) -> StoreResult<()> {
+        let token_hash = token_hash.to_owned();
+        self.write(move |tx| {
+            tx.execute("DELETE FROM sessions WHERE token_hash = ?1", [token_hash])
+                .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_user_sessions(&self, user_id: UserId) -> StoreResult<Vec<String>> {
+        self.write(move |tx| {
+            let mut stmt = tx
+                .prepare("DELETE FROM sessions WHERE user_id = ?1 RETURNING token_hash")
+                .map_err(map_err)?;
+            let hashes = stmt
+                .query_map([user_id.to_string()], |row| row.get(0))
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<String>>>())
+                .map_err(map_err)?;
+            Ok(hashes)
+        })
+        .await
+    }
+
+    async fn delete_expired_sessions(&self, now: Timestamp) -> StoreResult<u64> {
+        self.write(move |tx| {
+            let deleted = tx
+                .execute("DELETE FROM sessions WHERE expires_at < ?1", [now.0])
+                .map_err(map_err)?;
+            Ok(deleted as u64)
+        })
+        .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl_ms: i64,
+        now: Timestamp,
+    ) -> StoreResult<Lease> {
+        let (key, owner) = (key.to_owned(), owner.to_owned());
+        self.write(move |tx| {
+            let expires_at = now.plus_ms(ttl_ms);
+            let epoch = match current_lease(tx, &key)? {
+                None => 1,
+                Some(current) if current.owner == owner && current.expires_at > now => {
+                    current.epoch
+                }
+                Some(current) if current.expires_at <= now => current.epoch + 1,
+                Some(current) => {
+                    return Err(StoreError::LeaseHeld {
+                        key,
+                        owner: current.owner,
+                        expires_at: current.expires_at,
+                    })
+                }
+            };
+            tx.execute(
+                "INSERT INTO leases (key, owner, epoch, expires_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(key) DO UPDATE SET owner = ?2, epoch = ?3, expires_at = ?4",
+                params![key, owner, epoch as i64, expires_at.0],
+            )
+            .map_err(map_err)?;
+            Ok(Lease {
+                key,
+                owner,
+                epoch,
+                expires_at,
+            })
+        })
+        .await
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl_ms: i64, now: Timestamp) -> StoreResult<Lease> {
+        let lease = lease.clone();
+        self.write(move |tx| {
+            check_tenure(tx, &lease)?;
+            let expires_at = now.plus_ms(ttl_ms);
+            tx.execute(
+                "UPDATE leases SET expires_at = ?2 WHERE key = ?1",
+                params![lease.key, expires_at.0],
+            )
+            .map_err(map_err)?;
+            Ok(Lease {
+                expires_at,
+                ..lease
+            })
+        })
+        .await
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> StoreResult<()> {
+        let lease = lease.clone();
+        self.write(move |tx| {
+            check_tenure(tx, &lease)?;
+            // Keep the row: the epoch must never restart, or a fenced-off holder could match a
+            // later tenure. Expiring it frees the lease for the next owner.
+            tx.execute(
+                "UPDATE leases SET expires_at = 0 WHERE key = ?1",
+                [&lease.key],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn lease(&self, key: &str) -> StoreResult<Option<Lease>> {
+        let key = key.to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT key, owner, epoch, expires_at FROM leases WHERE key = ?1",
+                [key],
+                lease_from_row,
+            )
+            .optional()
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::store_test_suite!(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path().join("sting.db"))
+            .await
+            .expect("open sqlite store");
+        (store, dir)
+    });
+
+    #[tokio::test]
+    async fn reopening_keeps_data_and_does_not_remigrate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sting.db");
+        let user = crate::tests::sample_user("keep@example.com");
+        {
+            let store = SqliteStore::open(&path).await.unwrap();
+            store.create_user(&user).await.unwrap();
+            store.flush().await.unwrap();
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.user(user.id).await.unwrap(), Some(user));
+    }
+
+    #[tokio::test]
+    async fn two_handles_on_one_file_see_each_others_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sting.db");
+        let a = SqliteStore::open(&path).await.unwrap();
+        let b = SqliteStore::open(&path).await.unwrap();
+        let lease = a
+            .acquire_lease("conv:1", "node-a", 10_000, Timestamp(1_000))
+            .await
+            .unwrap();
+        let refused = b
+            .acquire_lease("conv:1", "node-b", 10_000, Timestamp(2_000))
+            .await;
+        assert!(matches!(refused, Err(StoreError::LeaseHeld { .. })));
+        assert_eq!(b.lease("conv:1").await.unwrap(), Some(lease));
+    }
+}
