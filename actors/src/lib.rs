@@ -1,0 +1,10 @@
+//! `sting-actors`: Sting's supervised actors, one module per actor kind, each with its
+//! messages and the domain logic it owns.
+//!
+//! Supervision tree of a node (grows with later capabilities):
+//!
+//! ```text
+//! SessionSupervisor ── SessionActor (one per active login session)
+//! ```
+
+pub mod session;
