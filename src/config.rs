@@ -1,0 +1,306 @@
+//! Configuration: the documented defaults in `config/sting.toml` (compiled in), an optional
+//! file, `STING_*` environment variables and command-line flags, layered in that order and
+//! parsed once at start into typed sections.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The shipped defaults, documented key by key.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/sting.toml");
+/// Read when present and no `--config` is given.
+const DEFAULT_CONFIG_PATH: &str = "config/sting.toml";
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub node: NodeConfig,
+    pub server: ServerConfig,
+    pub limits: LimitsConfig,
+    pub auth: AuthConfig,
+    pub rate_limits: RateLimitsConfig,
+    pub logging: LoggingConfig,
+    pub bootstrap: BootstrapConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: IpAddr,
+    pub port: u16,
+    pub tls: bool,
+    pub tls_cert_path: String,
+    pub tls_key_path: String,
+    pub max_connections: usize,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_body_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub allow_registration: bool,
+    pub min_password_length: usize,
+    pub session_idle_ttl_secs: u64,
+    pub session_absolute_ttl_secs: u64,
+    pub session_renew_interval_secs: u64,
+    pub session_revalidate_secs: u64,
+    pub session_actor_idle_secs: u64,
+    pub cookie_name: String,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    pub enabled: bool,
+    pub auth: RateRule,
+    pub chat: RateRule,
+    pub search: RateRule,
+    pub upload: RateRule,
+    pub general: RateRule,
+}
+
+/// `requests` per `window_secs`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateRule {
+    pub requests: u32,
+    pub window_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapConfig {
+    pub admin_email: String,
+    pub admin_password: String,
+    pub admin_name: String,
+}
+
+impl std::fmt::Debug for BootstrapConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapConfig")
+            .field("admin_email", &self.admin_email)
+            .field("admin_password", &"<redacted>")
+            .field("admin_name", &self.admin_name)
+            .finish()
+    }
+}
+
+/// Overrides from command-line flags (only those given).
+#[derive(Debug, Default, Serialize)]
+pub struct FlagOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "ServerFlags::is_empty")]
+    pub server: ServerFlags,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ServerFlags {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
+}
+
+impl ServerFlags {
+    fn is_empty(&self) -> bool {
+        self.host.is_none() && self.port.is_none() && self.tls.is_none()
+    }
+}
+
+/// Configuration errors are reported at start, before anything is opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the layered configuration. `file` is `--config`; env vars come from the process.
+    pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_CONFIG));
+        match file {
+            Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.into())),
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_PATH))
+            }
+            None => {}
+        }
+        // STING_CONFIG names the file itself and is read by the CLI, not here.
+        figment = figment
+            .merge(Env::prefixed("STING_").split("__").ignore(&["config"]))
+            .merge(Serialized::defaults(flags));
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
+        if self.limits.max_body_bytes == 0 {
+            return invalid("limits.max_body_bytes must be positive");
+        }
+        if self.server.max_connections == 0 {
+            return invalid("server.max_connections must be positive");
+        }
+        if self.auth.min_password_length < 8 {
+            return invalid("auth.min_password_length must be at least 8");
+        }
+        if self.auth.cookie_name.is_empty()
+            || !self
+                .auth
+                .cookie_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return invalid("auth.cookie_name must be non-empty [A-Za-z0-9_-]");
+        }
+        if self.auth.session_idle_ttl_secs == 0 || self.auth.session_absolute_ttl_secs == 0 {
+            return invalid("auth session ttls must be positive");
+        }
+        let rules = [
+            ("auth", self.rate_limits.auth),
+            ("chat", self.rate_limits.chat),
+            ("search", self.rate_limits.search),
+            ("upload", self.rate_limits.upload),
+            ("general", self.rate_limits.general),
+        ];
+        for (name, rule) in rules {
+            if rule.requests == 0 || rule.window_secs == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "rate_limits.{name} needs positive requests and window_secs"
+                )));
+            }
+        }
+        if self.server.tls_cert_path.is_empty() != self.server.tls_key_path.is_empty() {
+            return invalid("server.tls_cert_path and server.tls_key_path go together");
+        }
+        let bootstrap = &self.bootstrap;
+        if bootstrap.admin_email.is_empty() != bootstrap.admin_password.is_empty() {
+            return invalid("bootstrap.admin_email and bootstrap.admin_password go together");
+        }
+        Ok(())
+    }
+
+    /// The node's name: configured, or the host name.
+    pub fn node_name(&self) -> String {
+        if !self.node.name.is_empty() {
+            return self.node.name.clone();
+        }
+        std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "sting-node".to_owned())
+    }
+
+    /// The SQLite database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("sting.db")
+    }
+}
+
+impl AuthConfig {
+    pub fn session_policy(&self) -> sting_actors::session::SessionPolicy {
+        sting_actors::session::SessionPolicy {
+            idle_ttl: Duration::from_secs(self.session_idle_ttl_secs),
+            absolute_ttl: Duration::from_secs(self.session_absolute_ttl_secs),
+            renew_interval: Duration::from_secs(self.session_renew_interval_secs),
+            revalidate_interval: Duration::from_secs(self.session_revalidate_secs),
+            idle_timeout: Duration::from_secs(self.session_actor_idle_secs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_defaults_parse_and_validate() {
+        let config: Config = Figment::from(Toml::string(DEFAULT_CONFIG)).extract().unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.server.port, 5050);
+        assert!(config.server.tls);
+        assert_eq!(config.rate_limits.auth.requests, 5);
+        assert_eq!(config.rate_limits.general.window_secs, 3600);
+    }
+
+    #[test]
+    fn env_and_flags_override_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STING_SERVER__PORT", "7000");
+            jail.set_env("STING_RATE_LIMITS__AUTH__REQUESTS", "50");
+            jail.set_env("STING_DATA_DIR", "/tmp/from-env");
+            let flags = FlagOverrides {
+                data_dir: Some("/tmp/from-flag".into()),
+                ..Default::default()
+            };
+            let config = Config::load(None, &flags).map_err(|e| e.to_string())?;
+            assert_eq!(config.server.port, 7000);
+            assert_eq!(config.rate_limits.auth.requests, 50);
+            assert_eq!(config.data_dir, PathBuf::from("/tmp/from-flag"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STING_SERVER__PROT", "7000");
+            assert!(Config::load(None, &FlagOverrides::default()).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_do_not_leak_through_debug() {
+        let bootstrap = BootstrapConfig {
+            admin_email: "a@b.c".into(),
+            admin_password: "hunter2hunter2".into(),
+            admin_name: "A".into(),
+        };
+        assert!(!format!("{bootstrap:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,288 @@
+//! The API's error envelope, and the one place where every internal error and every warp
+//! rejection gets its HTTP status and error code.
+
+use std::convert::Infallible;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use sting_actors::session::SessionError;
+use sting_store::StoreError;
+use utoipa::ToSchema;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Rejection, Reply};
+
+use crate::identity::IdentityError;
+
+tokio::task_local! {
+    /// The id of the request being served, set by the edge around each request.
+    pub static REQUEST_ID: String;
+}
+
+/// The current request's id ("" outside a request).
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+/// `{"error": {...}}`: the body of every failed response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, e.g. `AUTHENTICATION_REQUIRED`.
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Structured context, e.g. `{"field": "email", "reason": "..."}`.
+    #[schema(value_type = Object)]
+    pub details: Value,
+    /// RFC 3339 UTC time of the error.
+    pub timestamp: String,
+    /// Same as the response's `X-Request-Id` header.
+    pub request_id: String,
+}
+
+/// An API failure: status, code, message and details.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Value,
+    /// Seconds, for 429 and 503 answers.
+    pub retry_after: Option<u64>,
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: json!({}),
+            retry_after: None,
+        }
+    }
+
+    fn with_details(mut self, details: Value) -> ApiError {
+        self.details = details;
+        self
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", message)
+    }
+
+    /// 422 for a field that is missing or has a bad value.
+    pub fn validation(field: &str, reason: impl Into<String>) -> ApiError {
+        let reason = reason.into();
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "VALIDATION_ERROR",
+            format!("invalid field {field}: {reason}"),
+        )
+        .with_details(json!({ "field": field, "reason": reason }))
+    }
+
+    pub fn authentication_required() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "AUTHENTICATION_REQUIRED",
+            "a valid session is required",
+        )
+    }
+
+    pub fn permission_denied(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "PERMISSION_DENIED", message)
+    }
+
+    pub fn not_found(what: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "RESOURCE_NOT_FOUND",
+            format!("{what} not found"),
+        )
+    }
+
+    pub fn payload_too_large(limit: u64) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("request body exceeds the limit of {limit} bytes"),
+        )
+        .with_details(json!({ "limit_bytes": limit }))
+    }
+
+    pub fn rate_limited(limit: u32, retry_after: u64) -> ApiError {
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMIT_EXCEEDED",
+            "too many requests; retry later",
+        )
+        .with_details(json!({ "limit": limit, "retry_after_secs": retry_after }));
+        err.retry_after = Some(retry_after);
+        err
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE", message);
+        err.retry_after = Some(1);
+        err
+    }
+
+    pub fn internal() -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "internal error; see the server log for this request id",
+        )
+    }
+
+    /// The envelope for this error, stamped with the current request id.
+    pub fn envelope(&self) -> ErrorEnvelope {
+        ErrorEnvelope {
+            error: ErrorBody {
+                code: self.code,
+                message: self.message.clone(),
+                details: self.details.clone(),
+                timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                request_id: current_request_id(),
+            },
+        }
+    }
+}
+
+impl Reply for ApiError {
+    fn into_response(self) -> Response {
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&self.envelope()), self.status)
+                .into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(warp::http::header::RETRY_AFTER, secs.into());
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> ApiError {
+        match err {
+            StoreError::NotFound { entity } => ApiError::not_found(entity),
+            StoreError::Conflict(message) => {
+                ApiError::new(StatusCode::CONFLICT, "CONFLICT", message)
+            }
+            StoreError::Unavailable(message) | StoreError::LeaseHeld { key: message, .. } => {
+                tracing::warn!(error = %message, "store unavailable");
+                ApiError::unavailable("storage is busy; retry shortly")
+            }
+            StoreError::StaleLease { key, epoch } => {
+                tracing::warn!(%key, epoch, "write with a stale lease");
+                ApiError::unavailable("ownership moved; retry shortly")
+            }
+            StoreError::Internal(message) => {
+                tracing::error!(error = %message, "store error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "STORAGE_ERROR",
+                    "storage operation failed",
+                )
+            }
+        }
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(err: SessionError) -> ApiError {
+        match err {
+            SessionError::Store(err) => err.into(),
+            SessionError::Unavailable(message) => {
+                tracing::warn!(error = %message, "session service unavailable");
+                ApiError::unavailable("session service unavailable")
+            }
+        }
+    }
+}
+
+impl From<IdentityError> for ApiError {
+    fn from(err: IdentityError) -> ApiError {
+        match err {
+            IdentityError::InvalidEmail => ApiError::validation("email", "invalid email format"),
+            IdentityError::WeakPassword(reason) => ApiError::validation("password", reason),
+            IdentityError::InvalidName(reason) => ApiError::validation("traits.name", reason),
+            IdentityError::EmailTaken => ApiError::new(
+                StatusCode::CONFLICT,
+                "EMAIL_TAKEN",
+                "an account with this email already exists",
+            )
+            .with_details(json!({ "field": "email" })),
+            IdentityError::InvalidCredentials => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "INVALID_CREDENTIALS",
+                "invalid email or password",
+            ),
+            IdentityError::RegistrationClosed => {
+                ApiError::permission_denied("registration is disabled on this server")
+            }
+            IdentityError::UserNotFound => ApiError::not_found("user"),
+            IdentityError::Forbidden(message) => ApiError::permission_denied(message),
+            IdentityError::Store(err) => err.into(),
+            IdentityError::Hashing(message) => {
+                tracing::error!(error = %message, "password hashing failed");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+/// Turns every rejection into the envelope. Registered once, over all routes.
+pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    Ok(rejection_to_error(&rejection).into_response())
+}
+
+fn rejection_to_error(rejection: &Rejection) -> ApiError {
+    if let Some(err) = rejection.find::<ApiError>() {
+        return err.clone();
+    }
+    if rejection.is_not_found() {
+        return ApiError::new(StatusCode::NOT_FOUND, "ROUTE_NOT_FOUND", "no such route");
+    }
+    if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        return ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            "method not allowed on this route",
+        );
+    }
+    if let Some(err) = rejection.find::<warp::reject::InvalidQuery>() {
+        return ApiError::bad_request(format!("invalid query string: {err}"));
+    }
+    if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            "request body too large",
+        );
+    }
+    if rejection.find::<warp::reject::UnsupportedMediaType>().is_some() {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "unsupported content type",
+        );
+    }
+    if let Some(err) = rejection.find::<warp::reject::InvalidHeader>() {
+        return ApiError::bad_request(format!("invalid header {}", err.name()));
+    }
+    if let Some(err) = rejection.find::<warp::reject::MissingHeader>() {
+        return ApiError::bad_request(format!("missing header {}", err.name()));
+    }
+    tracing::error!(?rejection, "unhandled rejection");
+    ApiError::internal()
+}

@@ -1,0 +1,259 @@
+//! The HTTP edge: every request passes [`handle`] (request id, size precheck, session lookup,
+//! rate limit, metrics, access log) and then the warp routes, one module per API area.
+
+pub mod admin_api;
+pub mod auth_api;
+pub mod error;
+pub mod json;
+pub mod openapi;
+pub mod rate_limit;
+pub mod system_api;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sting_actors::session::Identity;
+use tower_service::Service;
+use uuid::Uuid;
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderMap, HeaderValue, Request};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use crate::app::AppContext;
+use error::{ApiError, REQUEST_ID};
+use rate_limit::{Caller, Category};
+
+/// What the edge established about a request before routing it; in the request extensions.
+#[derive(Clone)]
+pub struct RequestContext {
+    /// `None` when no valid session came with the request.
+    pub identity: Option<Identity>,
+}
+
+/// All routes, with every rejection turned into the error envelope.
+pub fn routes(ctx: Arc<AppContext>) -> BoxedFilter<(Response,)> {
+    auth_api::routes(ctx.clone())
+        .or(system_api::routes(ctx.clone()))
+        .unify()
+        .or(admin_api::routes(ctx))
+        .unify()
+        .or(openapi::routes())
+        .unify()
+        .recover(error::recover)
+        .unify()
+        .boxed()
+}
+
+/// The routes as built by [`routes`] (cheap to clone).
+pub type Routes = BoxedFilter<(Response,)>;
+
+/// Serves one request through the edge pipeline and the routes.
+pub async fn handle<B>(
+    ctx: Arc<AppContext>,
+    routes: Routes,
+    request: Request<B>,
+    peer: SocketAddr,
+) -> Result<Response, Infallible>
+where
+    B: http_body::Body + Send + Sync + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let request_id = format!("req_{}", Uuid::new_v4().simple());
+    REQUEST_ID
+        .scope(request_id.clone(), async move {
+            let started = Instant::now();
+            let method = request.method().clone();
+            let path = request.uri().path().to_owned();
+            let category = Category::of(&method, &path);
+            let (mut response, user_id) =
+                admit_and_route(&ctx, routes, request, peer, category).await;
+
+            let headers = response.headers_mut();
+            if let Ok(value) = HeaderValue::from_str(&request_id) {
+                headers.insert("x-request-id", value);
+            }
+            let status = response.status().as_u16();
+            let elapsed = started.elapsed();
+            let category_name = category.map_or("none", Category::as_str);
+            ctx.metrics
+                .record_request(method.as_str(), category_name, status, elapsed);
+            // Path only: query strings may carry things that do not belong in logs.
+            tracing::info!(
+                request_id = %request_id,
+                method = %method,
+                path = %path,
+                status,
+                duration_ms = elapsed.as_secs_f64() * 1e3,
+                user_id = user_id.map(|id| id.to_string()),
+                client_ip = %peer.ip(),
+                "request"
+            );
+            Ok(response)
+        })
+        .await
+}
+
+/// The checks before routing. Returns the response and the authenticated user, if any.
+async fn admit_and_route<B>(
+    ctx: &AppContext,
+    routes: Routes,
+    mut request: Request<B>,
+    peer: SocketAddr,
+    category: Option<Category>,
+) -> (Response, Option<sting_store::UserId>)
+where
+    B: http_body::Body + Send + Sync + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let limit = ctx.config.limits.max_body_bytes;
+    if content_length(request.headers()).is_some_and(|len| len > limit) {
+        return (ApiError::payload_too_large(limit).into_response(), None);
+    }
+
+    let identity = match session_token(request.headers(), &ctx.config.auth.cookie_name) {
+        Some(token) => match ctx.identity.sessions().authenticate(&token).await {
+            Ok(identity) => identity,
+            Err(err) => return (ApiError::from(err).into_response(), None),
+        },
+        None => None,
+    };
+    let user_id = identity.as_ref().map(|identity| identity.user_id);
+
+    let decision = category.and_then(|category| {
+        let caller = match user_id {
+            Some(id) => Caller::User(id),
+            None => Caller::Ip(peer.ip()),
+        };
+        ctx.rate_limits.check(category, &caller)
+    });
+    let mut response = match decision {
+        Some(decision) if !decision.allowed => {
+            ApiError::rate_limited(decision.limit, decision.retry_after).into_response()
+        }
+        _ => {
+            request.extensions_mut().insert(RequestContext { identity });
+            match warp::service(routes).call(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        }
+    };
+    if let Some(decision) = decision {
+        decision.write_headers(response.headers_mut());
+    }
+    (response, user_id)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(warp::http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The session token: `Authorization: Bearer …` first, else the session cookie.
+fn session_token(headers: &HeaderMap, cookie_name: &str) -> Option<String> {
+    let bearer = headers
+        .get(warp::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|token| !token.is_empty());
+    if let Some(token) = bearer {
+        return Some(token.to_owned());
+    }
+    headers
+        .get_all(warp::http::header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, value)| *name == cookie_name && !value.is_empty())
+        .map(|(_, value)| value.to_owned())
+}
+
+/// The context the edge attached to the request.
+fn request_context() -> impl Filter<Extract = (RequestContext,), Error = Rejection> + Clone {
+    warp::ext::get::<RequestContext>()
+}
+
+/// Requires a valid session: the caller's identity, or 401 `AUTHENTICATION_REQUIRED`.
+pub fn authenticated() -> impl Filter<Extract = (Identity,), Error = Rejection> + Clone {
+    request_context().and_then(|rc: RequestContext| async move {
+        rc.identity
+            .ok_or_else(|| warp::reject::custom(ApiError::authentication_required()))
+    })
+}
+
+/// Requires an admin session: 401 without a session, 403 `PERMISSION_DENIED` for others.
+pub fn admin() -> impl Filter<Extract = (Identity,), Error = Rejection> + Clone {
+    authenticated().and_then(|identity: Identity| async move {
+        if identity.is_admin() {
+            Ok(identity)
+        } else {
+            Err(warp::reject::custom(ApiError::permission_denied(
+                "this endpoint is for admins",
+            )))
+        }
+    })
+}
+
+/// The caller's identity if a valid session came with the request.
+pub fn optional_identity() -> impl Filter<Extract = (Option<Identity>,), Error = Rejection> + Clone
+{
+    request_context().map(|rc: RequestContext| rc.identity)
+}
+
+/// Hands the shared context to a handler.
+pub fn with_ctx(
+    ctx: Arc<AppContext>,
+) -> impl Filter<Extract = (Arc<AppContext>,), Error = Infallible> + Clone {
+    warp::any().map(move || ctx.clone())
+}
+
+/// Shorthand for handlers: any API error as a rejection.
+pub fn reject(err: impl Into<ApiError>) -> Rejection {
+    warp::reject::custom(err.into())
+}
+
+/// An RFC 3339 UTC rendering of a store timestamp.
+pub fn rfc3339(ts: sting_store::Timestamp) -> String {
+    chrono::DateTime::from_timestamp_millis(ts.0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn bearer_wins_over_cookie() {
+        let h = headers(&[("authorization", "Bearer abc"), ("cookie", "sting_session=xyz")]);
+        assert_eq!(session_token(&h, "sting_session").as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn cookie_is_found_among_others() {
+        let h = headers(&[("cookie", "theme=dark; sting_session=xyz; other=1")]);
+        assert_eq!(session_token(&h, "sting_session").as_deref(), Some("xyz"));
+        assert_eq!(session_token(&h, "missing"), None);
+        let basic = headers(&[("authorization", "Basic Zm9v")]);
+        assert_eq!(session_token(&basic, "sting_session"), None);
+    }
+}

@@ -1,0 +1,250 @@
+//! What the node measures about itself: Prometheus metrics (`prometheus-client`, the
+//! Prometheus project's own Rust client: typed, no global registry), the request statistics
+//! behind `/api/system/metrics`, and host usage (`sysinfo`) sampled in the background.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    category: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CategoryLabels {
+    category: String,
+}
+
+/// Request statistics since start, for the JSON metrics endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestStats {
+    pub total: u64,
+    pub total_today: u64,
+    /// Seconds.
+    pub average_response_time: f64,
+    /// Fraction of responses with a 5xx status.
+    pub error_rate: f64,
+}
+
+/// The node's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<CategoryLabels, Histogram>,
+    active_sessions: Gauge,
+    uptime_seconds: Gauge,
+    store_up: Gauge,
+    total: AtomicU64,
+    server_errors: AtomicU64,
+    duration_micros: AtomicU64,
+    /// (day number since the Unix epoch, requests that day).
+    today: Mutex<(i64, u64)>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("sting");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let durations = Family::<CategoryLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        let active_sessions = Gauge::default();
+        let uptime_seconds = Gauge::default();
+        let store_up = Gauge::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests served, by method, rate-limit category and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency, by rate-limit category",
+            durations.clone(),
+        );
+        registry.register(
+            "active_session_actors",
+            "Login sessions with a live actor on this node",
+            active_sessions.clone(),
+        );
+        registry.register("uptime_seconds", "Seconds since the node started", uptime_seconds.clone());
+        registry.register("store_up", "1 when the store answered its last ping", store_up.clone());
+        Metrics {
+            registry,
+            requests,
+            durations,
+            active_sessions,
+            uptime_seconds,
+            store_up,
+            total: AtomicU64::new(0),
+            server_errors: AtomicU64::new(0),
+            duration_micros: AtomicU64::new(0),
+            today: Mutex::new((0, 0)),
+        }
+    }
+
+    /// Records one served request.
+    pub fn record_request(&self, method: &str, category: &str, status: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.to_owned(),
+                category: category.to_owned(),
+                status,
+            })
+            .inc();
+        self.durations
+            .get_or_create(&CategoryLabels {
+                category: category.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+        self.total.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.server_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.duration_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        let day = chrono::Utc::now().timestamp().div_euclid(86_400);
+        let mut today = self.today.lock().unwrap_or_else(|p| p.into_inner());
+        if today.0 != day {
+            *today = (day, 0);
+        }
+        today.1 += 1;
+    }
+
+    pub fn request_stats(&self) -> RequestStats {
+        let total = self.total.load(Ordering::Relaxed);
+        let day = chrono::Utc::now().timestamp().div_euclid(86_400);
+        let today = *self.today.lock().unwrap_or_else(|p| p.into_inner());
+        let ratio = |part: u64| if total == 0 { 0.0 } else { part as f64 / total as f64 };
+        RequestStats {
+            total,
+            total_today: if today.0 == day { today.1 } else { 0 },
+            average_response_time: ratio(self.duration_micros.load(Ordering::Relaxed)) / 1e6,
+            error_rate: ratio(self.server_errors.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// The Prometheus text exposition, with gauges set to the given current values.
+    pub fn encode(&self, active_sessions: u64, uptime: Duration, store_up: bool) -> String {
+        self.active_sessions.set(active_sessions as i64);
+        self.uptime_seconds.set(uptime.as_secs() as i64);
+        self.store_up.set(i64::from(store_up));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// Host usage in percent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostUsage {
+    pub cpu_percent: f64,
+    pub memory_percent: f64,
+    /// Of the file system holding the data dir.
+    pub disk_percent: f64,
+}
+
+/// Samples host usage every few seconds on a blocking thread (CPU usage needs two readings
+/// apart in time, so it cannot be measured inside a request).
+pub struct HostSampler {
+    latest: RwLock<HostUsage>,
+    data_dir: PathBuf,
+}
+
+impl HostSampler {
+    pub fn new(data_dir: &Path) -> HostSampler {
+        HostSampler {
+            latest: RwLock::new(HostUsage::default()),
+            data_dir: data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf()),
+        }
+    }
+
+    pub fn latest(&self) -> HostUsage {
+        *self.latest.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs until the returned task is aborted.
+    pub fn spawn(self: std::sync::Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut system = sysinfo::System::new();
+            let mut disks = sysinfo::Disks::new_with_refreshed_list();
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                let usage;
+                (system, disks, usage) = tokio::task::spawn_blocking({
+                    let data_dir = self.data_dir.clone();
+                    move || {
+                        let usage = sample(&mut system, &mut disks, &data_dir);
+                        (system, disks, usage)
+                    }
+                })
+                .await
+                .expect("host sampling does not panic");
+                *self.latest.write().unwrap_or_else(|p| p.into_inner()) = usage;
+            }
+        })
+    }
+}
+
+fn sample(system: &mut sysinfo::System, disks: &mut sysinfo::Disks, data_dir: &Path) -> HostUsage {
+    system.refresh_cpu_usage();
+    system.refresh_memory();
+    disks.refresh(true);
+    let percent = |used: u64, total: u64| {
+        if total == 0 {
+            0.0
+        } else {
+            used as f64 * 100.0 / total as f64
+        }
+    };
+    // The disk whose mount point is the longest prefix of the data dir holds it.
+    let disk = disks
+        .list()
+        .iter()
+        .filter(|disk| data_dir.starts_with(disk.mount_point()))
+        .max_by_key(|disk| disk.mount_point().as_os_str().len());
+    HostUsage {
+        cpu_percent: f64::from(system.global_cpu_usage()),
+        memory_percent: percent(system.used_memory(), system.total_memory()),
+        disk_percent: disk
+            .map(|d| percent(d.total_space() - d.available_space(), d.total_space()))
+            .unwrap_or(0.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_average_and_error_rate() {
+        let metrics = Metrics::new();
+        metrics.record_request("GET", "general", 200, Duration::from_millis(10));
+        metrics.record_request("GET", "general", 503, Duration::from_millis(30));
+        let stats = metrics.request_stats();
+        assert_eq!((stats.total, stats.total_today), (2, 2));
+        assert!((stats.average_response_time - 0.020).abs() < 1e-9);
+        assert!((stats.error_rate - 0.5).abs() < 1e-9);
+        let text = metrics.encode(3, Duration::from_secs(9), true);
+        assert!(text.contains("sting_http_requests_total{method=\"GET\",category=\"general\",status=\"503\"} 1"));
+        assert!(text.contains("sting_active_session_actors 3"));
+    }
+}
