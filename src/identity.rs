@@ -125,10 +125,13 @@ impl IdentityService {
             created_at: now,
             updated_at: now,
         };
-        self.store.create_user(&user).await.map_err(|err| match err {
-            StoreError::Conflict(_) => IdentityError::EmailTaken,
-            other => other.into(),
-        })?;
+        self.store
+            .create_user(&user)
+            .await
+            .map_err(|err| match err {
+                StoreError::Conflict(_) => IdentityError::EmailTaken,
+                other => other.into(),
+            })?;
         tracing::info!(user_id = %user.id, role = role.as_str(), "user created");
         Ok(user)
     }
@@ -193,7 +196,10 @@ impl IdentityService {
     }
 
     pub async fn user(&self, id: UserId) -> Result<User, IdentityError> {
-        self.store.user(id).await?.ok_or(IdentityError::UserNotFound)
+        self.store
+            .user(id)
+            .await?
+            .ok_or(IdentityError::UserNotFound)
     }
 
     pub async fn list_users(&self, page: Page) -> Result<(Vec<User>, u64), IdentityError> {
@@ -223,11 +229,14 @@ impl IdentityService {
             user.role = role;
         }
         user.updated_at = Timestamp::now();
-        self.store.update_user(&user).await.map_err(|err| match err {
-            StoreError::Conflict(_) => IdentityError::EmailTaken,
-            StoreError::NotFound { .. } => IdentityError::UserNotFound,
-            other => other.into(),
-        })?;
+        self.store
+            .update_user(&user)
+            .await
+            .map_err(|err| match err {
+                StoreError::Conflict(_) => IdentityError::EmailTaken,
+                StoreError::NotFound { .. } => IdentityError::UserNotFound,
+                other => other.into(),
+            })?;
         Ok(user)
     }
 
@@ -315,11 +324,9 @@ impl IdentityService {
         let hasher = self.hasher.clone();
         let password = password.to_owned();
         tokio::task::spawn_blocking(move || {
-            let parsed = PasswordHash::new(&hash)
-                .map_err(|err| IdentityError::Hashing(err.to_string()))?;
-            Ok(hasher
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok())
+            let parsed =
+                PasswordHash::new(&hash).map_err(|err| IdentityError::Hashing(err.to_string()))?;
+            Ok(hasher.verify_password(password.as_bytes(), &parsed).is_ok())
         })
         .await
         .map_err(|err| IdentityError::Hashing(err.to_string()))?
@@ -329,8 +336,8 @@ impl IdentityService {
 fn hash_with(hasher: &Argon2<'_>, password: &str) -> Result<String, IdentityError> {
     let mut salt_bytes = [0u8; 16];
     getrandom::fill(&mut salt_bytes).map_err(|err| IdentityError::Hashing(err.to_string()))?;
-    let salt =
-        SaltString::encode_b64(&salt_bytes).map_err(|err| IdentityError::Hashing(err.to_string()))?;
+    let salt = SaltString::encode_b64(&salt_bytes)
+        .map_err(|err| IdentityError::Hashing(err.to_string()))?;
     hasher
         .hash_password(password.as_bytes(), &salt)
         .map(|hash| hash.to_string())

@@ -83,8 +83,16 @@ impl Metrics {
             "Login sessions with a live actor on this node",
             active_sessions.clone(),
         );
-        registry.register("uptime_seconds", "Seconds since the node started", uptime_seconds.clone());
-        registry.register("store_up", "1 when the store answered its last ping", store_up.clone());
+        registry.register(
+            "uptime_seconds",
+            "Seconds since the node started",
+            uptime_seconds.clone(),
+        );
+        registry.register(
+            "store_up",
+            "1 when the store answered its last ping",
+            store_up.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -131,7 +139,13 @@ impl Metrics {
         let total = self.total.load(Ordering::Relaxed);
         let day = chrono::Utc::now().timestamp().div_euclid(86_400);
         let today = *self.today.lock().unwrap_or_else(|p| p.into_inner());
-        let ratio = |part: u64| if total == 0 { 0.0 } else { part as f64 / total as f64 };
+        let ratio = |part: u64| {
+            if total == 0 {
+                0.0
+            } else {
+                part as f64 / total as f64
+            }
+        };
         RequestStats {
             total,
             total_today: if today.0 == day { today.1 } else { 0 },
@@ -172,7 +186,9 @@ impl HostSampler {
     pub fn new(data_dir: &Path) -> HostSampler {
         HostSampler {
             latest: RwLock::new(HostUsage::default()),
-            data_dir: data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf()),
+            data_dir: data_dir
+                .canonicalize()
+                .unwrap_or_else(|_| data_dir.to_path_buf()),
         }
     }
 
@@ -244,7 +260,9 @@ mod tests {
         assert!((stats.average_response_time - 0.020).abs() < 1e-9);
         assert!((stats.error_rate - 0.5).abs() < 1e-9);
         let text = metrics.encode(3, Duration::from_secs(9), true);
-        assert!(text.contains("sting_http_requests_total{method=\"GET\",category=\"general\",status=\"503\"} 1"));
+        assert!(text.contains(
+            "sting_http_requests_total{method=\"GET\",category=\"general\",status=\"503\"} 1"
+        ));
         assert!(text.contains("sting_active_session_actors 3"));
     }
 }

@@ -72,7 +72,10 @@ pub async fn serve(ctx: Arc<AppContext>, shutdown: impl Future<Output = ()>) -> 
     drop(listener);
 
     let grace = Duration::from_secs(server_config.shutdown_grace_secs);
-    tracing::info!(open_connections = graceful.count(), "shutting down: draining connections");
+    tracing::info!(
+        open_connections = graceful.count(),
+        "shutting down: draining connections"
+    );
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the remaining connections"),
@@ -88,7 +91,10 @@ fn announce(local: SocketAddr, tls: bool) {
     } else {
         local.ip().to_string()
     };
-    println!("Sting is listening on {scheme}://{host}:{}/api", local.port());
+    println!(
+        "Sting is listening on {scheme}://{host}:{}/api",
+        local.port()
+    );
     tracing::info!(address = %local, tls, "listening");
 }
 
@@ -108,7 +114,9 @@ impl Connection {
             Some(acceptor) => {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(tls_stream)) => self.serve_io(TokioIo::new(tls_stream)).await,
-                    Ok(Err(err)) => tracing::debug!(peer = %self.peer, error = %err, "TLS handshake failed"),
+                    Ok(Err(err)) => {
+                        tracing::debug!(peer = %self.peer, error = %err, "TLS handshake failed")
+                    }
                     Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
                 }
             }

@@ -181,7 +181,10 @@ impl SessionRegistry {
         };
         let actor = self
             .supervisor
-            .call(|reply| SupervisorMsg::Activate(Box::new(args), reply), Some(CALL_TIMEOUT))
+            .call(
+                |reply| SupervisorMsg::Activate(Box::new(args), reply),
+                Some(CALL_TIMEOUT),
+            )
             .await
             .map_err(|err| SessionError::Unavailable(err.to_string()))?
             .success_or(SessionError::Unavailable("supervisor timed out".into()))??;
@@ -220,9 +223,9 @@ async fn ask_authenticate(
         .await
     {
         Ok(ractor::rpc::CallResult::Success(answer)) => Some(answer.map_err(SessionError::from)),
-        Ok(ractor::rpc::CallResult::Timeout) => {
-            Some(Err(SessionError::Unavailable("session actor timed out".into())))
-        }
+        Ok(ractor::rpc::CallResult::Timeout) => Some(Err(SessionError::Unavailable(
+            "session actor timed out".into(),
+        ))),
         Ok(ractor::rpc::CallResult::SenderError) | Err(_) => None,
     }
 }
@@ -297,7 +300,9 @@ impl Actor for SessionSupervisor {
         };
         if let Some(id) = gone {
             if state.children.remove(&id) {
-                state.active.store(state.children.len() as u64, Ordering::Relaxed);
+                state
+                    .active
+                    .store(state.children.len() as u64, Ordering::Relaxed);
             }
         }
         Ok(())
@@ -318,7 +323,9 @@ async fn activate(
         .await
         .map_err(|err| SessionError::Unavailable(err.to_string()))?;
     state.children.insert(actor.get_id());
-    state.active.store(state.children.len() as u64, Ordering::Relaxed);
+    state
+        .active
+        .store(state.children.len() as u64, Ordering::Relaxed);
     Ok(actor)
 }
 
@@ -408,7 +415,10 @@ async fn authenticate(state: &mut SessionState) -> Result<Option<Identity>, Stor
     let now = Timestamp::now();
     state.last_request_at = now;
     if state.session.expires_at <= now {
-        state.store.delete_session(&state.session.token_hash).await?;
+        state
+            .store
+            .delete_session(&state.session.token_hash)
+            .await?;
         return Ok(None);
     }
     let policy = state.policy.clone();
@@ -503,7 +513,10 @@ mod tests {
     #[test]
     fn expiry_slides_but_never_past_absolute_limit() {
         let policy = policy();
-        assert_eq!(policy.expiry(Timestamp(0), Timestamp(1_000)), Timestamp(3_601_000));
+        assert_eq!(
+            policy.expiry(Timestamp(0), Timestamp(1_000)),
+            Timestamp(3_601_000)
+        );
         assert_eq!(
             policy.expiry(Timestamp(0), Timestamp(86_000_000)),
             Timestamp(86_400_000)
@@ -520,7 +533,10 @@ mod tests {
         assert_eq!(identity.user_id, user.id);
         assert_eq!(registry.active_count(), 1);
         let stored = store.session(&token_hash(&tok)).await.unwrap().unwrap();
-        assert!(stored.expires_at > soon, "renew_interval 0 persists the slide");
+        assert!(
+            stored.expires_at > soon,
+            "renew_interval 0 persists the slide"
+        );
 
         // Served by the live actor the second time.
         assert!(registry.authenticate(&tok).await.unwrap().is_some());

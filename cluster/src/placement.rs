@@ -46,7 +46,10 @@ mod tests {
         let mut backward = forward.clone();
         backward.reverse();
         for key in keys() {
-            assert_eq!(owner(key.as_bytes(), &forward), owner(key.as_bytes(), &backward));
+            assert_eq!(
+                owner(key.as_bytes(), &forward),
+                owner(key.as_bytes(), &backward)
+            );
         }
     }
 
@@ -68,10 +71,15 @@ mod tests {
         let members = nodes(&["a", "b", "c"]);
         let mut counts = std::collections::HashMap::new();
         for key in keys() {
-            *counts.entry(owner(key.as_bytes(), &members).unwrap()).or_insert(0) += 1;
+            *counts
+                .entry(owner(key.as_bytes(), &members).unwrap())
+                .or_insert(0) += 1;
         }
         for (member, count) in counts {
-            assert!((800..=1_200).contains(&count), "{member} owns {count} of 3000");
+            assert!(
+                (800..=1_200).contains(&count),
+                "{member} owns {count} of 3000"
+            );
         }
     }
 }

@@ -20,7 +20,9 @@ const MAX_PAGE: u32 = 200;
 
 pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
     let limit = ctx.config.limits.max_body_bytes;
-    let users = warp::path("api").and(warp::path("admin")).and(warp::path("users"));
+    let users = warp::path("api")
+        .and(warp::path("admin"))
+        .and(warp::path("users"));
     let list = users
         .and(warp::path::end())
         .and(warp::get())

@@ -223,7 +223,12 @@ fn session_reply(ctx: &AppContext, new: NewSession, status: StatusCode) -> Respo
     };
     let mut response = warp::reply::with_status(warp::reply::json(&body), status).into_response();
     let max_age = ctx.config.auth.session_absolute_ttl_secs;
-    set_cookie(&mut response, &ctx.config.auth.cookie_name, &new.token, max_age);
+    set_cookie(
+        &mut response,
+        &ctx.config.auth.cookie_name,
+        &new.token,
+        max_age,
+    );
     response
 }
 
@@ -231,7 +236,8 @@ fn session_reply(ctx: &AppContext, new: NewSession, status: StatusCode) -> Respo
 /// http://localhost as secure too), SameSite=Strict (not sent on cross-site requests).
 /// Its lifetime is the absolute one: the server enforces the sliding expiry.
 fn set_cookie(response: &mut Response, name: &str, token: &str, max_age: u64) {
-    let cookie = format!("{name}={token}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict");
+    let cookie =
+        format!("{name}={token}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict");
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }

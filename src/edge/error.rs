@@ -130,7 +130,11 @@ impl ApiError {
     }
 
     pub fn unavailable(message: impl Into<String>) -> ApiError {
-        let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE", message);
+        let mut err = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SERVICE_UNAVAILABLE",
+            message,
+        );
         err.retry_after = Some(1);
         err
     }
@@ -270,7 +274,10 @@ fn rejection_to_error(rejection: &Rejection) -> ApiError {
             "request body too large",
         );
     }
-    if rejection.find::<warp::reject::UnsupportedMediaType>().is_some() {
+    if rejection
+        .find::<warp::reject::UnsupportedMediaType>()
+        .is_some()
+    {
         return ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UNSUPPORTED_MEDIA_TYPE",

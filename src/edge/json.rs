@@ -49,8 +49,13 @@ where
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("request body must be a JSON document"));
+        return Err(ApiError::bad_request(
+            "request body must be a JSON document",
+        ));
     }
+    // Syntax first, so that malformed JSON is always a 400 whatever the fields.
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map_err(|err| ApiError::bad_request(format!("malformed JSON: {err}")))?;
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
@@ -66,9 +71,6 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             _ => ApiError::bad_request(format!("malformed JSON: {inner}")),
         }
     })?;
-    deserializer
-        .end()
-        .map_err(|err| ApiError::bad_request(format!("malformed JSON: {err}")))?;
     Ok(value)
 }
 
@@ -123,12 +125,10 @@ mod tests {
 
     #[test]
     fn nested_and_mistyped_fields_are_named() {
-        let err =
-            parse_json::<Login>(br#"{"email":"a","password":"b","traits":{"name":5}}"#)
-                .unwrap_err();
-        assert_eq!(err.details["field"], "traits.name");
-        let err = parse_json::<Login>(br#"{"email":"a","password":"b","traits":{}}"#)
+        let err = parse_json::<Login>(br#"{"email":"a","password":"b","traits":{"name":5}}"#)
             .unwrap_err();
+        assert_eq!(err.details["field"], "traits.name");
+        let err = parse_json::<Login>(br#"{"email":"a","password":"b","traits":{}}"#).unwrap_err();
         assert_eq!(err.details["field"], "traits.name");
     }
 

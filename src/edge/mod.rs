@@ -244,7 +244,10 @@ mod tests {
 
     #[test]
     fn bearer_wins_over_cookie() {
-        let h = headers(&[("authorization", "Bearer abc"), ("cookie", "sting_session=xyz")]);
+        let h = headers(&[
+            ("authorization", "Bearer abc"),
+            ("cookie", "sting_session=xyz"),
+        ]);
         assert_eq!(session_token(&h, "sting_session").as_deref(), Some("abc"));
     }
 

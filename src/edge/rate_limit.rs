@@ -108,8 +108,8 @@ impl RateLimits {
         let limiters = rules
             .into_iter()
             .map(|(category, rule)| {
-                let limiter = RateLimiter::keyed(quota(rule))
-                    .with_middleware::<StateInformationMiddleware>();
+                let limiter =
+                    RateLimiter::keyed(quota(rule)).with_middleware::<StateInformationMiddleware>();
                 (category, (limiter, rule))
             })
             .collect();
@@ -199,9 +199,18 @@ mod tests {
         let get = Method::GET;
         let post = Method::POST;
         assert_eq!(Category::of(&post, "/api/auth/login"), Some(Category::Auth));
-        assert_eq!(Category::of(&post, "/api/chat/message"), Some(Category::Chat));
-        assert_eq!(Category::of(&post, "/api/knowledge/search"), Some(Category::Search));
-        assert_eq!(Category::of(&post, "/api/knowledge/ask"), Some(Category::Search));
+        assert_eq!(
+            Category::of(&post, "/api/chat/message"),
+            Some(Category::Chat)
+        );
+        assert_eq!(
+            Category::of(&post, "/api/knowledge/search"),
+            Some(Category::Search)
+        );
+        assert_eq!(
+            Category::of(&post, "/api/knowledge/ask"),
+            Some(Category::Search)
+        );
         assert_eq!(
             Category::of(&post, "/api/knowledge/honey-pots/x/documents"),
             Some(Category::Upload)
@@ -210,7 +219,10 @@ mod tests {
             Category::of(&get, "/api/knowledge/honey-pots/x/documents"),
             Some(Category::General)
         );
-        assert_eq!(Category::of(&get, "/api/system/health"), Some(Category::General));
+        assert_eq!(
+            Category::of(&get, "/api/system/health"),
+            Some(Category::General)
+        );
         assert_eq!(Category::of(&get, "/metrics"), None);
     }
 

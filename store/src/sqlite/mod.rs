@@ -146,8 +146,7 @@ fn parse_uuid(text: &str) -> rusqlite::Result<Uuid> {
     })
 }
 
-const USER_COLUMNS: &str =
-    "id, email, name, password_hash, role, active, created_at, updated_at";
+const USER_COLUMNS: &str = "id, email, name, password_hash, role, active, created_at, updated_at";
 
 fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
     let role: String = row.get(4)?;
@@ -335,7 +334,9 @@ impl Store for SqliteStore {
         let s = session.clone();
         self.write(move |tx| {
             tx.execute(
-                &format!("INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+                &format!(
+                    "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                ),
                 params![
                     s.id.to_string(),
                     s.token_hash,

@@ -68,10 +68,19 @@ pub async fn user_roundtrip(store: &dyn Store) {
 }
 
 pub async fn duplicate_email_conflicts(store: &dyn Store) {
-    store.create_user(&sample_user("dup@example.com")).await.unwrap();
+    store
+        .create_user(&sample_user("dup@example.com"))
+        .await
+        .unwrap();
     let second = store.create_user(&sample_user("dup@example.com")).await;
     assert!(matches!(second, Err(StoreError::Conflict(_))), "{second:?}");
-    let (_, total) = store.list_users(Page { limit: 10, offset: 0 }).await.unwrap();
+    let (_, total) = store
+        .list_users(Page {
+            limit: 10,
+            offset: 0,
+        })
+        .await
+        .unwrap();
     assert_eq!(total, 1, "the refused user must leave nothing behind");
 }
 
@@ -108,7 +117,10 @@ pub async fn update_to_taken_email_conflicts(store: &dyn Store) {
 
 pub async fn update_unknown_user_is_not_found(store: &dyn Store) {
     let result = store.update_user(&sample_user("ghost@example.com")).await;
-    assert!(matches!(result, Err(StoreError::NotFound { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(StoreError::NotFound { .. })),
+        "{result:?}"
+    );
 }
 
 pub async fn list_users_pages(store: &dyn Store) {
@@ -119,13 +131,25 @@ pub async fn list_users_pages(store: &dyn Store) {
         ids.push(user.id);
         store.create_user(&user).await.unwrap();
     }
-    let (page, total) = store.list_users(Page { limit: 2, offset: 1 }).await.unwrap();
+    let (page, total) = store
+        .list_users(Page {
+            limit: 2,
+            offset: 1,
+        })
+        .await
+        .unwrap();
     assert_eq!(total, 5);
     assert_eq!(
         page.iter().map(|u| u.id).collect::<Vec<_>>(),
         ids[1..3].to_vec()
     );
-    let (past_end, _) = store.list_users(Page { limit: 2, offset: 9 }).await.unwrap();
+    let (past_end, _) = store
+        .list_users(Page {
+            limit: 2,
+            offset: 9,
+        })
+        .await
+        .unwrap();
     assert!(past_end.is_empty());
 }
 
@@ -134,7 +158,10 @@ pub async fn session_roundtrip(store: &dyn Store) {
     store.create_user(&user).await.unwrap();
     let session = sample_session(&user, "hash-1", 5_000);
     store.create_session(&session).await.unwrap();
-    assert_eq!(store.session("hash-1").await.unwrap(), Some(session.clone()));
+    assert_eq!(
+        store.session("hash-1").await.unwrap(),
+        Some(session.clone())
+    );
 
     assert!(store
         .touch_session("hash-1", Timestamp(9_000), Timestamp(4_000))
@@ -194,7 +221,13 @@ pub async fn expired_sessions_are_collected(store: &dyn Store) {
         .create_session(&sample_session(&user, "fresh", 8_000))
         .await
         .unwrap();
-    assert_eq!(store.delete_expired_sessions(Timestamp(5_000)).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .delete_expired_sessions(Timestamp(5_000))
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(store.session("old").await.unwrap(), None);
     assert!(store.session("fresh").await.unwrap().is_some());
 }
@@ -240,7 +273,10 @@ pub async fn lease_reacquire_by_holder_keeps_epoch(store: &dyn Store) {
         .renew_lease(&again, 1_000, Timestamp(1_000))
         .await
         .unwrap();
-    assert_eq!((renewed.epoch, renewed.expires_at), (first.epoch, Timestamp(2_000)));
+    assert_eq!(
+        (renewed.epoch, renewed.expires_at),
+        (first.epoch, Timestamp(2_000))
+    );
 }
 
 pub async fn stale_epoch_cannot_renew_or_release(store: &dyn Store) {
@@ -256,15 +292,24 @@ pub async fn stale_epoch_cannot_renew_or_release(store: &dyn Store) {
     assert!(new.epoch > old.epoch);
 
     let renew = store.renew_lease(&old, 1_000, Timestamp(2_100)).await;
-    assert!(matches!(renew, Err(StoreError::StaleLease { epoch: 1, .. })), "{renew:?}");
+    assert!(
+        matches!(renew, Err(StoreError::StaleLease { epoch: 1, .. })),
+        "{renew:?}"
+    );
     let release = store.release_lease(&old).await;
-    assert!(matches!(release, Err(StoreError::StaleLease { .. })), "{release:?}");
+    assert!(
+        matches!(release, Err(StoreError::StaleLease { .. })),
+        "{release:?}"
+    );
     // Same owner name but an old epoch is just as stale.
     let forged = Lease {
         owner: "node-b".to_owned(),
         ..old.clone()
     };
-    assert!(store.renew_lease(&forged, 1_000, Timestamp(2_100)).await.is_err());
+    assert!(store
+        .renew_lease(&forged, 1_000, Timestamp(2_100))
+        .await
+        .is_err());
 
     assert_eq!(store.lease("conv:y").await.unwrap(), Some(new));
 }

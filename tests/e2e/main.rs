@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `sting` binary, started as a separate process on an ephemeral
+//! port with its own data dir (a real SQLite file), driven over real sockets.
+
+mod admin;
+mod auth;
+mod edge;
+mod harness;
+mod system;
