@@ -1,0 +1,18 @@
+# Multi-stage build of the sting binary on Debian slim.
+FROM rust:1-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin sting
+
+FROM debian:bookworm-slim
+RUN useradd --system --home-dir /data --shell /usr/sbin/nologin sting \
+    && mkdir -p /data && chown sting /data
+COPY --from=build /src/target/release/sting /usr/local/bin/sting
+USER sting
+# Serve the network (the default is loopback only) and keep state in the volume.
+ENV STING_DATA_DIR=/data \
+    STING_SERVER__HOST=0.0.0.0
+EXPOSE 5050
+VOLUME /data
+ENTRYPOINT ["sting"]
+CMD ["serve"]
