@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use sting_actors::model::pool::ModelPoolHandle;
 use sting_actors::session::SessionRegistry;
 use sting_cluster::NodeId;
 use sting_store::{SqliteStore, Store, Timestamp};
@@ -20,6 +21,7 @@ pub struct AppContext {
     pub node: NodeId,
     pub store: Arc<dyn Store>,
     pub identity: IdentityService,
+    pub models: ModelPoolHandle,
     pub rate_limits: RateLimits,
     pub metrics: Metrics,
     pub host: Arc<HostSampler>,
@@ -63,6 +65,10 @@ impl AppContext {
         let identity = IdentityService::new(store.clone(), sessions, &config.auth)
             .context("configuring password hashing")?;
 
+        let models = ModelPoolHandle::start(config.pool_config())
+            .await
+            .context("starting the model pool")?;
+
         let bootstrap = &config.bootstrap;
         if !bootstrap.admin_email.is_empty() {
             let created = identity
@@ -89,6 +95,7 @@ impl AppContext {
             config,
             store,
             identity,
+            models,
         });
         let tasks = vec![
             host.spawn(),

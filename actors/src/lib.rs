@@ -5,6 +5,8 @@
 //!
 //! ```text
 //! SessionSupervisor ── SessionActor (one per active login session)
+//! ModelPool ── ModelWorker (one per loaded model)
 //! ```
 
+pub mod model;
 pub mod session;

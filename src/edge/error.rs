@@ -5,6 +5,7 @@ use std::convert::Infallible;
 
 use serde::Serialize;
 use serde_json::{json, Value};
+use sting_actors::model::ModelError;
 use sting_actors::session::SessionError;
 use sting_store::StoreError;
 use utoipa::ToSchema;
@@ -240,6 +241,40 @@ impl From<IdentityError> for ApiError {
             IdentityError::Hashing(message) => {
                 tracing::error!(error = %message, "password hashing failed");
                 ApiError::internal()
+            }
+        }
+    }
+}
+
+impl From<ModelError> for ApiError {
+    fn from(err: ModelError) -> ApiError {
+        let unavailable = |message: String| {
+            let mut err = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "MODEL_UNAVAILABLE",
+                message,
+            );
+            err.retry_after = Some(1);
+            err
+        };
+        match err {
+            ModelError::NotFound(name) => {
+                ApiError::new(StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND", format!("model {name} not found"))
+            }
+            ModelError::Busy(name) => unavailable(format!("model {name} is at capacity; retry shortly")),
+            ModelError::RuntimeMissing(_) | ModelError::Stopped => unavailable(err.to_string()),
+            ModelError::Runtime(_) | ModelError::Tokenizer(_) | ModelError::InvalidModel { .. } => {
+                tracing::error!(error = %err, "model failure");
+                let mut api = unavailable("the model failed; see the server log for this request id".into());
+                api.retry_after = None;
+                api
+            }
+            ModelError::ContextOverflow { tokens, limit } => ApiError::validation(
+                "message",
+                format!("the prompt has {tokens} tokens; the model's context is {limit}"),
+            ),
+            ModelError::WrongKind { .. } | ModelError::InvalidRequest(_) => {
+                ApiError::bad_request(err.to_string())
             }
         }
     }

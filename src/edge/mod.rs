@@ -5,6 +5,7 @@ pub mod admin_api;
 pub mod auth_api;
 pub mod error;
 pub mod json;
+pub mod models_api;
 pub mod openapi;
 pub mod rate_limit;
 pub mod system_api;
@@ -38,7 +39,9 @@ pub fn routes(ctx: Arc<AppContext>) -> BoxedFilter<(Response,)> {
     auth_api::routes(ctx.clone())
         .or(system_api::routes(ctx.clone()))
         .unify()
-        .or(admin_api::routes(ctx))
+        .or(admin_api::routes(ctx.clone()))
+        .unify()
+        .or(models_api::routes(ctx))
         .unify()
         .or(openapi::routes())
         .unify()

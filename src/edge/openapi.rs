@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::{admin_api, auth_api, error, system_api};
+use super::{admin_api, auth_api, error, models_api, system_api};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,8 @@ use super::{admin_api, auth_api, error, system_api};
         system_api::health, system_api::status, system_api::metrics, system_api::prometheus,
         admin_api::list_users, admin_api::get_user, admin_api::update_user,
         admin_api::deactivate_user, admin_api::activate_user,
+        models_api::list_models, models_api::model_status, models_api::load_model,
+        models_api::unload_model,
         openapi_json,
     ),
     components(schemas(error::ErrorEnvelope, error::ErrorBody)),

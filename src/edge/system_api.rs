@@ -132,6 +132,7 @@ pub struct RequestMetrics {
 struct Checks {
     database: ServiceStatus,
     authentication: ServiceStatus,
+    llm_service: ServiceStatus,
 }
 
 impl Checks {
@@ -145,7 +146,9 @@ impl Checks {
             Err(_) => (Health::Unhealthy, Some("ping timed out".to_owned())),
         };
         let sessions = ctx.identity.sessions();
+        let llm_service = llm_check(ctx).await;
         Checks {
+            llm_service,
             database: ServiceStatus {
                 status: db_health,
                 details: serde_json::json!({
@@ -165,11 +168,15 @@ impl Checks {
         }
     }
 
-    /// Without the database nothing works; without sessions, public routes still do.
+    /// Without the database nothing works; without sessions or models, some routes still do.
     fn overall(&self) -> Health {
-        match (self.database.status, self.authentication.status) {
-            (Health::Healthy, Health::Healthy) => Health::Healthy,
-            (Health::Healthy, _) => Health::Degraded,
+        match (
+            self.database.status,
+            self.authentication.status,
+            self.llm_service.status,
+        ) {
+            (Health::Healthy, Health::Healthy, Health::Healthy) => Health::Healthy,
+            (Health::Healthy, _, _) => Health::Degraded,
             _ => Health::Unhealthy,
         }
     }
@@ -178,8 +185,44 @@ impl Checks {
         BTreeMap::from([
             ("database", self.database),
             ("authentication", self.authentication),
+            ("llm_service", self.llm_service),
         ])
     }
+}
+
+/// Healthy when the pool runs, the runtime library is there and a chat model is available;
+/// degraded otherwise (the node serves everything but generation).
+async fn llm_check(ctx: &AppContext) -> ServiceStatus {
+    let library = ctx.config.onnxruntime_library();
+    let models = tokio::time::timeout(CHECK_TIMEOUT, ctx.models.list()).await;
+    let (status, details) = match models {
+        Ok(Ok(models)) => {
+            let chat_models: Vec<&str> = models
+                .iter()
+                .filter(|m| m.model.manifest.kind == sting_actors::model::ModelKind::Chat)
+                .map(|m| m.model.manifest.name.as_str())
+                .collect();
+            let loaded: Vec<&str> = models
+                .iter()
+                .filter(|m| m.loaded.is_some())
+                .map(|m| m.model.manifest.name.as_str())
+                .collect();
+            let ready = library.is_file() && !chat_models.is_empty();
+            let status = if ready { Health::Healthy } else { Health::Degraded };
+            let details = serde_json::json!({
+                "runtime_library": library.display().to_string(),
+                "runtime_present": library.is_file(),
+                "chat_models": chat_models,
+                "loaded_models": loaded,
+            });
+            (status, details)
+        }
+        _ => (
+            Health::Unhealthy,
+            serde_json::json!({ "error": "model pool not answering" }),
+        ),
+    };
+    ServiceStatus { status, details }
 }
 
 fn now_rfc3339() -> String {

@@ -13,7 +13,13 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Settings every test server gets unless a test overrides them: the auth rate limit would
 /// otherwise throttle tests that log in many users from one IP.
-const TEST_ENV: &[(&str, &str)] = &[("STING_RATE_LIMITS__AUTH__REQUESTS", "1000")];
+/// Model preparation downloads from PyPI: never in tests (fixture models are copied in).
+const TEST_ENV: &[(&str, &str)] = &[
+    ("STING_RATE_LIMITS__AUTH__REQUESTS", "1000"),
+    ("STING_MODELS__AUTO_PREPARE", "false"),
+    ("STING_MODELS__DEFAULT_CHAT_MODEL", "fixture-chat"),
+    ("STING_MODELS__DEFAULT_EMBEDDING_MODEL", "fixture-embed"),
+];
 
 pub fn sting_binary() -> &'static str {
     env!("CARGO_BIN_EXE_sting")
@@ -65,8 +71,10 @@ impl ServerOptions {
         server
     }
 
-    /// Starts a server on an existing data dir (to test restarts).
+    /// Starts a server on an existing data dir (to test restarts). The fixture models are
+    /// copied into its models dir.
     pub async fn start_in(self, data_dir: &Path) -> TestServer {
+        install_fixture_models(&data_dir.join("models"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -109,6 +117,40 @@ pub static DEFAULTS_FILE: std::sync::LazyLock<PathBuf> = std::sync::LazyLock::ne
     std::fs::write(&path, "# defaults only\n").unwrap();
     path
 });
+
+/// The committed fixture models (tiny, random weights, real I/O layouts).
+pub fn fixture_models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models")
+}
+
+fn install_fixture_models(models_dir: &Path) {
+    for name in ["fixture-chat", "fixture-embed"] {
+        let target = models_dir.join(name);
+        if target.exists() {
+            continue;
+        }
+        std::fs::create_dir_all(&target).unwrap();
+        for entry in std::fs::read_dir(fixture_models().join(name)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// Whether the ONNX Runtime library is available to the servers (`ORT_DYLIB_PATH`); when it
+/// is not, tests that run models say SKIP, unless `STING_REQUIRE_ORT=1` makes that a failure.
+pub fn onnxruntime_available(test: &str) -> bool {
+    let present = std::env::var_os("ORT_DYLIB_PATH")
+        .is_some_and(|path| Path::new(&path).is_file());
+    if !present {
+        assert!(
+            std::env::var("STING_REQUIRE_ORT").map_or(true, |v| v != "1"),
+            "{test}: ORT_DYLIB_PATH must name the ONNX Runtime library (STING_REQUIRE_ORT=1)"
+        );
+        eprintln!("SKIP {test}: set ORT_DYLIB_PATH to the ONNX Runtime library to run it");
+    }
+    present
+}
 
 /// Waits for the "listening on URL" line on stdout; returns the URL without `/api`.
 fn read_listen_url(child: &mut Child) -> String {

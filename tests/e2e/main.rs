@@ -5,4 +5,5 @@ mod admin;
 mod auth;
 mod edge;
 mod harness;
+mod models;
 mod system;
