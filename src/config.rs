@@ -12,6 +12,18 @@ use serde::{Deserialize, Serialize};
 
 /// The shipped defaults, documented key by key.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/sting.toml");
+/// The top-level keys of [`Config`]; environment variables must start with one of them.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "data_dir",
+    "node",
+    "server",
+    "limits",
+    "auth",
+    "rate_limits",
+    "models",
+    "logging",
+    "bootstrap",
+];
 /// Read when present and no `--config` is given.
 const DEFAULT_CONFIG_PATH: &str = "config/sting.toml";
 
@@ -183,9 +195,15 @@ impl Config {
             }
             None => {}
         }
-        // STING_CONFIG names the file itself and is read by the CLI, not here.
+        // Only variables naming a known section or key are configuration: others (STING_CONFIG,
+        // read by the CLI; test switches like STING_REQUIRE_ORT) are not ours to refuse.
+        let env = Env::prefixed("STING_").filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            let first = key.split("__").next().unwrap_or_default();
+            TOP_LEVEL_KEYS.contains(&first)
+        });
         figment = figment
-            .merge(Env::prefixed("STING_").split("__").ignore(&["config"]))
+            .merge(env.split("__"))
             .merge(Serialized::defaults(flags));
         let config: Config = figment.extract().map_err(Box::new)?;
         config.validate()?;
@@ -349,6 +367,35 @@ mod tests {
             assert!(Config::load(None, &FlagOverrides::default()).is_err());
             Ok(())
         });
+    }
+
+    #[test]
+    fn other_sting_variables_are_not_configuration() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STING_CONFIG", "elsewhere.toml");
+            jail.set_env("STING_REQUIRE_ORT", "1");
+            Config::load(None, &FlagOverrides::default()).map_err(|e| e.to_string())?;
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_section_can_be_set_from_the_environment() {
+        let defaults: Config = Figment::from(Toml::string(DEFAULT_CONFIG))
+            .extract()
+            .unwrap();
+        let value = serde_json::to_value(&defaults).unwrap();
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut expected = TOP_LEVEL_KEYS.to_vec();
+        expected.sort_unstable();
+        let mut keys = keys;
+        keys.sort_unstable();
+        assert_eq!(keys, expected);
     }
 
     #[test]

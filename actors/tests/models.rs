@@ -25,7 +25,9 @@ fn ort_library(test: &str) -> Option<PathBuf> {
     match std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from) {
         Some(path) if path.is_file() => Some(path),
         _ if std::env::var("STING_REQUIRE_ORT").is_ok_and(|v| v == "1") => {
-            panic!("{test}: ORT_DYLIB_PATH must name the ONNX Runtime library (STING_REQUIRE_ORT=1)")
+            panic!(
+                "{test}: ORT_DYLIB_PATH must name the ONNX Runtime library (STING_REQUIRE_ORT=1)"
+            )
         }
         _ => {
             eprintln!("SKIP {test}: set ORT_DYLIB_PATH to the ONNX Runtime library to run it");
@@ -110,7 +112,11 @@ async fn check_chat_reference(pool: &ModelPoolHandle, model: &str, reference: &V
         reference["prompt_ids"].as_array().unwrap().len(),
         "prompt tokenisation differs from the reference"
     );
-    assert_eq!(text, reference["text"].as_str().unwrap(), "{model}: continuation differs");
+    assert_eq!(
+        text,
+        reference["text"].as_str().unwrap(),
+        "{model}: continuation differs"
+    );
 }
 
 /// Embeddings match the reference to cosine ≥ 0.9999.
@@ -122,7 +128,10 @@ async fn check_embedding_reference(pool: &ModelPoolHandle, model: &str, referenc
         .map(|s| s.as_str().unwrap().to_owned())
         .collect();
     let vectors = pool.embed(model, sentences).await.unwrap();
-    for (vector, expected) in vectors.iter().zip(reference["embeddings"].as_array().unwrap()) {
+    for (vector, expected) in vectors
+        .iter()
+        .zip(reference["embeddings"].as_array().unwrap())
+    {
         let expected: Vec<f64> = expected
             .as_array()
             .unwrap()
@@ -271,9 +280,14 @@ async fn pool_loads_on_demand_unloads_lru_and_refuses_unknown_models() {
 
     let info = pool.load("fixture-chat").await.unwrap();
     assert_eq!(info.loaded.as_ref().unwrap().hardware, "cpu");
-    pool.embed("fixture-embed", vec!["hello".into()]).await.unwrap();
+    pool.embed("fixture-embed", vec!["hello".into()])
+        .await
+        .unwrap();
     let chat = pool.info("fixture-chat").await.unwrap();
-    assert!(chat.loaded.is_none(), "max_loaded 1: the least recently used went");
+    assert!(
+        chat.loaded.is_none(),
+        "max_loaded 1: the least recently used went"
+    );
     assert!(pool.info("fixture-embed").await.unwrap().loaded.is_some());
     let mut seen = Vec::new();
     while let Ok(event) = events.try_recv() {

@@ -258,14 +258,19 @@ impl From<ModelError> for ApiError {
             err
         };
         match err {
-            ModelError::NotFound(name) => {
-                ApiError::new(StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND", format!("model {name} not found"))
+            ModelError::NotFound(name) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "RESOURCE_NOT_FOUND",
+                format!("model {name} not found"),
+            ),
+            ModelError::Busy(name) => {
+                unavailable(format!("model {name} is at capacity; retry shortly"))
             }
-            ModelError::Busy(name) => unavailable(format!("model {name} is at capacity; retry shortly")),
             ModelError::RuntimeMissing(_) | ModelError::Stopped => unavailable(err.to_string()),
             ModelError::Runtime(_) | ModelError::Tokenizer(_) | ModelError::InvalidModel { .. } => {
                 tracing::error!(error = %err, "model failure");
-                let mut api = unavailable("the model failed; see the server log for this request id".into());
+                let mut api =
+                    unavailable("the model failed; see the server log for this request id".into());
                 api.retry_after = None;
                 api
             }

@@ -17,7 +17,9 @@ use super::{admin, reject, rfc3339, with_ctx};
 use crate::app::AppContext;
 
 pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
-    let models = warp::path("api").and(warp::path("chat")).and(warp::path("models"));
+    let models = warp::path("api")
+        .and(warp::path("chat"))
+        .and(warp::path("models"));
     let list = models
         .and(warp::path::end())
         .and(warp::get())

@@ -208,7 +208,11 @@ async fn llm_check(ctx: &AppContext) -> ServiceStatus {
                 .map(|m| m.model.manifest.name.as_str())
                 .collect();
             let ready = library.is_file() && !chat_models.is_empty();
-            let status = if ready { Health::Healthy } else { Health::Degraded };
+            let status = if ready {
+                Health::Healthy
+            } else {
+                Health::Degraded
+            };
             let details = serde_json::json!({
                 "runtime_library": library.display().to_string(),
                 "runtime_present": library.is_file(),

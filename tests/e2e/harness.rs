@@ -140,8 +140,7 @@ fn install_fixture_models(models_dir: &Path) {
 /// Whether the ONNX Runtime library is available to the servers (`ORT_DYLIB_PATH`); when it
 /// is not, tests that run models say SKIP, unless `STING_REQUIRE_ORT=1` makes that a failure.
 pub fn onnxruntime_available(test: &str) -> bool {
-    let present = std::env::var_os("ORT_DYLIB_PATH")
-        .is_some_and(|path| Path::new(&path).is_file());
+    let present = std::env::var_os("ORT_DYLIB_PATH").is_some_and(|path| Path::new(&path).is_file());
     if !present {
         assert!(
             std::env::var("STING_REQUIRE_ORT").map_or(true, |v| v != "1"),

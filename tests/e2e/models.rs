@@ -18,7 +18,10 @@ async fn models_are_listed_with_their_state() {
     assert_eq!(chat["capabilities"], serde_json::json!(["chat"]));
     assert!(chat["size"].as_str().unwrap().ends_with('B'));
     assert_eq!(chat["last_used"], serde_json::Value::Null);
-    let embed = models.iter().find(|m| m["name"] == "fixture-embed").unwrap();
+    let embed = models
+        .iter()
+        .find(|m| m["name"] == "fixture-embed")
+        .unwrap();
     assert_eq!(embed["capabilities"], serde_json::json!(["embeddings"]));
 
     let status = server.get("/api/chat/models/fixture-chat", None).await;
@@ -55,7 +58,12 @@ async fn admin_loads_and_unloads_a_model() {
     let server = TestServer::start().await;
     let admin = server.admin_token("models@example.com").await;
     let loaded = server
-        .call(Method::POST, "/api/chat/models/fixture-chat/load", Some(&admin), None)
+        .call(
+            Method::POST,
+            "/api/chat/models/fixture-chat/load",
+            Some(&admin),
+            None,
+        )
         .await;
     assert_eq!(loaded.status, StatusCode::OK, "{}", loaded.body);
     assert_eq!(loaded.body["status"], "loaded");
@@ -65,14 +73,27 @@ async fn admin_loads_and_unloads_a_model() {
     assert!(loaded.body["last_used"].is_string());
 
     let list = server.get("/api/chat/models", None).await;
-    assert_eq!(list.body["loaded_models"], serde_json::json!(["fixture-chat"]));
+    assert_eq!(
+        list.body["loaded_models"],
+        serde_json::json!(["fixture-chat"])
+    );
 
     let unloaded = server
-        .call(Method::POST, "/api/chat/models/fixture-chat/unload", Some(&admin), None)
+        .call(
+            Method::POST,
+            "/api/chat/models/fixture-chat/unload",
+            Some(&admin),
+            None,
+        )
         .await;
     assert_eq!(unloaded.body["status"], "available");
     server
-        .call(Method::POST, "/api/chat/models/nope/load", Some(&admin), None)
+        .call(
+            Method::POST,
+            "/api/chat/models/nope/load",
+            Some(&admin),
+            None,
+        )
         .await
         .assert_error(StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND");
 }
@@ -80,12 +101,20 @@ async fn admin_loads_and_unloads_a_model() {
 #[tokio::test]
 async fn a_missing_runtime_is_a_clear_503() {
     let server = crate::harness::ServerOptions::new()
-        .env("STING_MODELS__ONNXRUNTIME_LIBRARY", "/nonexistent/libonnxruntime.so")
+        .env(
+            "STING_MODELS__ONNXRUNTIME_LIBRARY",
+            "/nonexistent/libonnxruntime.so",
+        )
         .start()
         .await;
     let admin = server.admin_token("noruntime@example.com").await;
     let reply = server
-        .call(Method::POST, "/api/chat/models/fixture-chat/load", Some(&admin), None)
+        .call(
+            Method::POST,
+            "/api/chat/models/fixture-chat/load",
+            Some(&admin),
+            None,
+        )
         .await;
     reply.assert_error(StatusCode::SERVICE_UNAVAILABLE, "MODEL_UNAVAILABLE");
     assert!(reply.body["error"]["message"]

@@ -83,7 +83,10 @@ impl Decoder {
         let seq = rows[0].len();
         debug_assert!(rows.iter().all(|r| r.len() == seq));
         debug_assert_eq!(n_rows, batch.len());
-        let ids: Vec<i64> = rows.iter().flat_map(|r| r.iter().map(|&t| t as i64)).collect();
+        let ids: Vec<i64> = rows
+            .iter()
+            .flat_map(|r| r.iter().map(|&t| t as i64))
+            .collect();
         let positions: Vec<i64> = batch
             .positions
             .iter()
@@ -98,7 +101,9 @@ impl Decoder {
         let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = vec![
             (
                 "input_ids".into(),
-                Tensor::from_array((dims(seq), ids)).map_err(runtime_err)?.into(),
+                Tensor::from_array((dims(seq), ids))
+                    .map_err(runtime_err)?
+                    .into(),
             ),
             (
                 "attention_mask".into(),
@@ -214,11 +219,24 @@ impl Batch {
             for (source, source_width) in [(mine, self.width), (theirs, other.width)] {
                 let (shape, values) = source.try_extract_tensor::<f32>().map_err(runtime_err)?;
                 let source_rows = shape[0] as usize;
-                copy_rows(values, source_rows, source_width, &mut data, row_offset, width, kv, dim);
+                copy_rows(
+                    values,
+                    source_rows,
+                    source_width,
+                    &mut data,
+                    row_offset,
+                    width,
+                    kv,
+                    dim,
+                );
                 row_offset += source_rows;
             }
             let dims = vec![rows as i64, kv as i64, width as i64, dim as i64];
-            past.push(Tensor::from_array((dims, data)).map_err(runtime_err)?.into_dyn());
+            past.push(
+                Tensor::from_array((dims, data))
+                    .map_err(runtime_err)?
+                    .into_dyn(),
+            );
         }
         let pad = |mut mask: Vec<i64>, from: usize| {
             let mut padded = vec![0; width - from];
@@ -267,7 +285,11 @@ impl Batch {
                 }
             }
             let dims = vec![rows as i64, kv as i64, width as i64, dim as i64];
-            past.push(Tensor::from_array((dims, data)).map_err(runtime_err)?.into_dyn());
+            past.push(
+                Tensor::from_array((dims, data))
+                    .map_err(runtime_err)?
+                    .into_dyn(),
+            );
         }
         for mask in &mut self.masks {
             mask.drain(..trim);

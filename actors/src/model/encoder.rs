@@ -86,7 +86,13 @@ impl Encoder {
             .map_err(|err| ModelError::Runtime(err.to_string()))?;
         let dim = shape[2] as usize;
         Ok((0..rows)
-            .map(|r| mean_pool(&values[r * seq * dim..(r + 1) * seq * dim], &mask[r * seq..(r + 1) * seq], dim))
+            .map(|r| {
+                mean_pool(
+                    &values[r * seq * dim..(r + 1) * seq * dim],
+                    &mask[r * seq..(r + 1) * seq],
+                    dim,
+                )
+            })
             .collect())
     }
 }

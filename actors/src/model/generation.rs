@@ -138,7 +138,9 @@ pub fn run_loop(
             }
             return;
         }
-        counters.active.store(sequences.len() as u64, Ordering::Relaxed);
+        counters
+            .active
+            .store(sequences.len() as u64, Ordering::Relaxed);
 
         let started = Instant::now();
         let step = decoder.step(&mut batch, &next_tokens);
@@ -173,7 +175,9 @@ pub fn run_loop(
                 next_tokens[row] = token;
             }
         }
-        counters.active.store(sequences.len() as u64, Ordering::Relaxed);
+        counters
+            .active
+            .store(sequences.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -194,15 +198,19 @@ fn admit(
         Err(err) => {
             let _ = job
                 .events
-                .send(GenerationEvent::Failed(ModelError::Tokenizer(err.to_string())));
+                .send(GenerationEvent::Failed(ModelError::Tokenizer(
+                    err.to_string(),
+                )));
             return None;
         }
     };
     if prompt.len() >= config.context_length {
-        let _ = job.events.send(GenerationEvent::Failed(ModelError::ContextOverflow {
-            tokens: prompt.len(),
-            limit: config.context_length,
-        }));
+        let _ = job
+            .events
+            .send(GenerationEvent::Failed(ModelError::ContextOverflow {
+                tokens: prompt.len(),
+                limit: config.context_length,
+            }));
         return None;
     }
     let max_new = job
@@ -249,7 +257,7 @@ fn advance(
     }
     sequence.first_token_at.get_or_insert_with(Instant::now);
     if config.eos_ids.contains(&token) {
-        flush(sequence);
+        flush(sequence, tokenizer);
         return Some(FinishReason::Stop);
     }
     sequence.generated.push(token);
@@ -263,14 +271,20 @@ fn advance(
         return Some(FinishReason::Stop);
     }
     if sequence.generated.len() >= sequence.max_new {
-        flush(sequence);
+        flush(sequence, tokenizer);
         return Some(FinishReason::Length);
     }
     None
 }
 
-/// Sends text held back for a possible stop sequence that did not come.
-fn flush(sequence: &mut Sequence) {
+/// Sends what is still held back: bytes of an unfinished character, and text kept for a
+/// possible stop sequence that did not come.
+fn flush(sequence: &mut Sequence, tokenizer: &Tokenizer) {
+    let tail = sequence.detokenizer.finish(tokenizer, &sequence.generated);
+    let (ready, _) = sequence.stops.push(&tail);
+    if !ready.is_empty() {
+        let _ = sequence.job.events.send(GenerationEvent::Text(ready));
+    }
     let rest = sequence.stops.finish();
     if !rest.is_empty() {
         let _ = sequence.job.events.send(GenerationEvent::Text(rest));
@@ -296,7 +310,10 @@ fn finish(sequence: Sequence, reason: FinishReason, counters: &WorkerCounters) {
 
 fn fail_all(sequences: &mut Vec<Sequence>, err: &ModelError) {
     for sequence in sequences.drain(..) {
-        let _ = sequence.job.events.send(GenerationEvent::Failed(err.clone()));
+        let _ = sequence
+            .job
+            .events
+            .send(GenerationEvent::Failed(err.clone()));
     }
 }
 
@@ -321,6 +338,16 @@ impl Detokenizer {
         } else {
             String::new()
         }
+    }
+
+    /// Whatever has not been sent, even an incomplete character (as U+FFFD).
+    fn finish(&mut self, tokenizer: &Tokenizer, ids: &[u32]) -> String {
+        let decode = |ids: &[u32]| tokenizer.decode(ids, true).unwrap_or_default();
+        let prefix = decode(&ids[self.prefix_offset..self.read_offset]);
+        let text = decode(&ids[self.prefix_offset..]);
+        self.prefix_offset = ids.len();
+        self.read_offset = ids.len();
+        text.get(prefix.len()..).unwrap_or_default().to_owned()
     }
 }
 

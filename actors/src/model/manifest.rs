@@ -151,7 +151,12 @@ impl ModelDir {
         let size_bytes = std::fs::read_dir(path)
             .map_err(|err| invalid(err.to_string()))?
             .filter_map(Result::ok)
-            .filter(|entry| entry.file_name().to_string_lossy().starts_with("model.onnx"))
+            .filter(|entry| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("model.onnx")
+            })
             .filter_map(|entry| entry.metadata().ok())
             .map(|meta| meta.len())
             .sum();
@@ -203,7 +208,10 @@ mod tests {
             role: Role::User,
             content: "hi".into(),
         };
-        assert_eq!(template().render(std::slice::from_ref(&user)), "<s>Be brief.</s><u>hi</u><a>");
+        assert_eq!(
+            template().render(std::slice::from_ref(&user)),
+            "<s>Be brief.</s><u>hi</u><a>"
+        );
         let system = ChatMessage {
             role: Role::System,
             content: "Be Bee.".into(),

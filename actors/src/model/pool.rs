@@ -136,7 +136,11 @@ impl Actor for ModelPool {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             ModelPoolMsg::List(reply) => {
-                let infos = state.available.keys().map(|name| info(state, name)).collect();
+                let infos = state
+                    .available
+                    .keys()
+                    .map(|name| info(state, name))
+                    .collect();
                 let _ = reply.send(infos);
             }
             ModelPoolMsg::Info(name, reply) => {
@@ -446,10 +450,17 @@ impl ModelPoolHandle {
     }
 
     /// Embeds `texts` with `model` (unit vectors, in order).
-    pub async fn embed(&self, model: &str, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ModelError> {
+    pub async fn embed(
+        &self,
+        model: &str,
+        texts: Vec<String>,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let (worker, _) = self.acquire(model).await?;
         worker
-            .call(|reply| ModelWorkerMsg::Embed(texts, reply), Some(LOAD_TIMEOUT))
+            .call(
+                |reply| ModelWorkerMsg::Embed(texts, reply),
+                Some(LOAD_TIMEOUT),
+            )
             .await
             .map_err(|_| ModelError::Stopped)?
             .success_or(ModelError::Busy(model.to_owned()))?

@@ -64,8 +64,7 @@ impl Sampler {
             candidates.truncate(self.params.top_k.max(1));
         }
         let max = candidates[0].1;
-        let mut probabilities: Vec<f32> =
-            candidates.iter().map(|(_, l)| (l - max).exp()).collect();
+        let mut probabilities: Vec<f32> = candidates.iter().map(|(_, l)| (l - max).exp()).collect();
         let sum: f32 = probabilities.iter().sum();
         probabilities.iter_mut().for_each(|p| *p /= sum);
         if self.params.top_p < 1.0 {
