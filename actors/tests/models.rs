@@ -186,20 +186,22 @@ async fn batched_generations_equal_solo_generations() {
         );
     }
     let batched_pool = pool(&fixtures_dir(), library, 8).await;
-    let runs = prompts.iter().enumerate().map(|(i, prompt)| {
-        let pool = batched_pool.clone();
-        let prompt = prompt.clone();
-        async move {
-            // Staggered starts: later sequences join a batch already decoding.
-            tokio::time::sleep(Duration::from_millis(3 * i as u64)).await;
-            complete(&pool, "fixture-chat", question(&prompt), greedy(24))
-                .await
-                .unwrap()
-                .0
-        }
-    });
-    let batched = futures_join(runs).await;
-    assert_eq!(batched, solo);
+    // All at once (prefilled together, left-padded), then staggered (joining a running batch).
+    for stagger_ms in [0, 3] {
+        let runs = prompts.iter().enumerate().map(|(i, prompt)| {
+            let pool = batched_pool.clone();
+            let prompt = prompt.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(stagger_ms * i as u64)).await;
+                complete(&pool, "fixture-chat", question(&prompt), greedy(24))
+                    .await
+                    .unwrap()
+                    .0
+            }
+        });
+        let batched = futures_join(runs).await;
+        assert_eq!(batched, solo, "stagger {stagger_ms} ms");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,4 +335,47 @@ where
         outputs.push(handle.await.unwrap());
     }
     outputs
+}
+
+/// A full queue refuses at once instead of waiting without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_with_busy() {
+    let Some(library) = ort_library("a_full_queue_refuses_with_busy") else {
+        return;
+    };
+    let pool = ModelPoolHandle::start(PoolConfig {
+        models_dir: fixtures_dir(),
+        runtime_library: library,
+        intra_threads: 1,
+        max_loaded: 1,
+        queue_depth: 1,
+        max_batch: 1,
+    })
+    .await
+    .unwrap();
+    pool.load("fixture-chat").await.unwrap();
+    let mut receivers = Vec::new();
+    let mut refused = 0;
+    for _ in 0..20 {
+        let request = GenerateRequest {
+            messages: question("a long answer please"),
+            params: greedy(200),
+        };
+        match pool.generate("fixture-chat", request).await {
+            Ok((events, _)) => receivers.push(events),
+            Err(ModelError::Busy(name)) => {
+                assert_eq!(name, "fixture-chat");
+                refused += 1;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert!(
+        refused > 0,
+        "20 requests into a batch of 1 and a queue of 1"
+    );
+    assert!(
+        receivers.len() >= 2,
+        "the running one and the queued one were admitted"
+    );
 }

@@ -13,8 +13,9 @@ use ort::value::{DynValue, Tensor};
 
 use super::ModelError;
 
-/// Prompts are fed in chunks of this many tokens, bounding the logits buffer of a long prompt.
-const PREFILL_CHUNK: usize = 256;
+/// Prompt tokens fed per forward pass (all rows together): bounds the logits buffer of a long
+/// or wide prefill (rows x columns x vocabulary floats).
+const PREFILL_TOKENS_PER_PASS: usize = 256;
 
 /// Shape of the model's KV cache.
 #[derive(Debug, Clone, Copy)]
@@ -40,7 +41,6 @@ pub struct Batch {
 pub struct Decoder {
     session: Session,
     shape: CacheShape,
-    vocab: Option<usize>,
 }
 
 fn runtime_err(err: ort::Error) -> ModelError {
@@ -49,36 +49,55 @@ fn runtime_err(err: ort::Error) -> ModelError {
 
 impl Decoder {
     pub fn new(session: Session, shape: CacheShape) -> Decoder {
-        Decoder {
-            session,
-            shape,
-            vocab: None,
-        }
+        Decoder { session, shape }
     }
 
-    /// Runs a prompt on its own: the logits after its last token, and a one-row batch
-    /// holding its cache.
-    pub fn prefill(&mut self, tokens: &[u32]) -> Result<(Vec<f32>, Batch), ModelError> {
-        if tokens.is_empty() {
+    /// Runs prompts together (left-padded to the longest): the logits after each prompt's
+    /// last token, and a batch holding their caches, one row per prompt in order.
+    pub fn prefill(&mut self, prompts: &[Vec<u32>]) -> Result<(Vec<Vec<f32>>, Batch), ModelError> {
+        if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
             return Err(ModelError::InvalidRequest("empty prompt".into()));
         }
-        let mut batch = Batch::empty_row(self.shape)?;
-        let mut last_logits = Vec::new();
-        for chunk in tokens.chunks(PREFILL_CHUNK) {
-            let mut logits = self.run(&mut batch, &[chunk])?;
-            last_logits = logits.pop().expect("one row");
+        let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let padded: Vec<(Vec<u32>, Vec<i64>)> = prompts
+            .iter()
+            .map(|prompt| {
+                let pad = width - prompt.len();
+                let mut tokens = vec![0; pad];
+                tokens.extend_from_slice(prompt);
+                let mut mask = vec![0; pad];
+                mask.extend(std::iter::repeat_n(1, prompt.len()));
+                (tokens, mask)
+            })
+            .collect();
+        let mut batch = Batch::empty_rows(self.shape, prompts.len())?;
+        let columns = (PREFILL_TOKENS_PER_PASS / prompts.len()).max(1);
+        let mut logits = Vec::new();
+        for start in (0..width).step_by(columns) {
+            let end = (start + columns).min(width);
+            let tokens: Vec<&[u32]> = padded.iter().map(|(t, _)| &t[start..end]).collect();
+            let masks: Vec<&[i64]> = padded.iter().map(|(_, m)| &m[start..end]).collect();
+            logits = self.run(&mut batch, &tokens, &masks)?;
         }
-        Ok((last_logits, batch))
+        Ok((logits, batch))
     }
 
     /// Feeds one token to every row of `batch`; returns each row's next-token logits.
     pub fn step(&mut self, batch: &mut Batch, tokens: &[u32]) -> Result<Vec<Vec<f32>>, ModelError> {
         let rows: Vec<&[u32]> = tokens.chunks(1).collect();
-        self.run(batch, &rows)
+        let real = [1_i64];
+        let masks: Vec<&[i64]> = vec![&real[..]; tokens.len()];
+        self.run(batch, &rows, &masks)
     }
 
-    /// One forward pass: `rows[i]` (all the same length) extends row `i`.
-    fn run(&mut self, batch: &mut Batch, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
+    /// One forward pass: `rows[i]` (all the same length) extends row `i`; `masks[i]` says which
+    /// of those tokens are real (1) or left padding (0). Returns each row's last logits.
+    fn run(
+        &mut self,
+        batch: &mut Batch,
+        rows: &[&[u32]],
+        masks: &[&[i64]],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let n_rows = rows.len();
         let seq = rows[0].len();
         debug_assert!(rows.iter().all(|r| r.len() == seq));
@@ -87,15 +106,18 @@ impl Decoder {
             .iter()
             .flat_map(|r| r.iter().map(|&t| t as i64))
             .collect();
-        let positions: Vec<i64> = batch
-            .positions
-            .iter()
-            .flat_map(|&start| start..start + seq as i64)
-            .collect();
+        // Real tokens take consecutive positions; padding gets 0 (it is masked anyway).
+        let mut positions = Vec::with_capacity(n_rows * seq);
+        for (next, row_mask) in batch.positions.iter_mut().zip(masks) {
+            for &real in row_mask.iter() {
+                positions.push(if real == 1 { *next } else { 0 });
+                *next += real;
+            }
+        }
         let mut mask = Vec::with_capacity(n_rows * (batch.width + seq));
-        for row in &batch.masks {
+        for (row, new) in batch.masks.iter_mut().zip(masks) {
+            row.extend_from_slice(new);
             mask.extend_from_slice(row);
-            mask.extend(std::iter::repeat_n(1, seq));
         }
         let dims = |cols: usize| vec![n_rows as i64, cols as i64];
         let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = vec![
@@ -121,6 +143,9 @@ impl Decoder {
         for (i, value) in std::mem::take(&mut batch.past).into_iter().enumerate() {
             inputs.push((past_name(i).into(), value.into()));
         }
+        // From here on the batch's cache is consumed: a failed run leaves it unusable, and
+        // the caller drops the batch.
+        batch.width += seq;
         let mut outputs = self.session.run(inputs).map_err(runtime_err)?;
         let mut past = Vec::with_capacity(2 * self.shape.layers);
         for i in 0..2 * self.shape.layers {
@@ -134,17 +159,11 @@ impl Decoder {
             .ok_or_else(|| ModelError::Runtime("no logits output".into()))?;
         let (shape, data) = logits.try_extract_tensor::<f32>().map_err(runtime_err)?;
         let vocab = shape[2] as usize;
-        self.vocab = Some(vocab);
         let per_row = seq * vocab;
         let last: Vec<Vec<f32>> = (0..n_rows)
             .map(|r| data[r * per_row + (seq - 1) * vocab..(r + 1) * per_row].to_vec())
             .collect();
         batch.past = past;
-        batch.width += seq;
-        for (row_mask, position) in batch.masks.iter_mut().zip(batch.positions.iter_mut()) {
-            row_mask.extend(std::iter::repeat_n(1, seq));
-            *position += seq as i64;
-        }
         Ok(last)
     }
 }
@@ -171,11 +190,11 @@ impl Batch {
         }
     }
 
-    /// One row with an empty cache (the start of a prefill).
-    fn empty_row(shape: CacheShape) -> Result<Batch, ModelError> {
+    /// `rows` rows with an empty cache (the start of a prefill).
+    fn empty_rows(shape: CacheShape, rows: usize) -> Result<Batch, ModelError> {
         let past = (0..2 * shape.layers)
             .map(|_| {
-                let dims = vec![1_i64, shape.kv_heads as i64, 0, shape.head_dim as i64];
+                let dims = vec![rows as i64, shape.kv_heads as i64, 0, shape.head_dim as i64];
                 Tensor::from_array((dims, Vec::<f32>::new()))
                     .map(|t| t.into_dyn())
                     .map_err(runtime_err)
@@ -183,8 +202,8 @@ impl Batch {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Batch {
             past,
-            masks: vec![Vec::new()],
-            positions: vec![0],
+            masks: vec![Vec::new(); rows],
+            positions: vec![0; rows],
             width: 0,
             shape,
         })

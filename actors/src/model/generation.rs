@@ -98,38 +98,33 @@ pub fn run_loop(
     let mut next_tokens: Vec<u32> = Vec::new();
     let mut open = true;
     loop {
-        // Admit: block when idle, otherwise take what is waiting up to the batch size.
-        while open && sequences.len() < config.max_batch {
-            let job = if sequences.is_empty() {
-                match jobs.recv() {
-                    Ok(job) => job,
-                    Err(_) => {
-                        open = false;
-                        break;
-                    }
-                }
+        // Admit: block when idle, otherwise take what is waiting, up to the batch size.
+        let mut arrivals = Vec::new();
+        while open && sequences.len() + arrivals.len() < config.max_batch {
+            let next = if sequences.is_empty() && arrivals.is_empty() {
+                jobs.recv().map_err(|_| TryRecvError::Disconnected)
             } else {
-                match jobs.try_recv() {
-                    Ok(job) => job,
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        open = false;
-                        break;
-                    }
-                }
+                jobs.try_recv()
             };
-            if let Some((sequence, token, rows)) =
-                admit(&mut decoder, &tokenizer, &config, job, &counters)
-            {
+            match next {
+                Ok(job) => arrivals.push(job),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => open = false,
+            }
+        }
+        if !arrivals.is_empty() {
+            let admitted = admit(&mut decoder, &tokenizer, &config, arrivals, &counters);
+            if let Some((new_sequences, tokens, rows)) = admitted {
                 if let Err(err) = batch.append(rows) {
+                    let mut new_sequences = new_sequences;
                     fail_all(&mut sequences, &err);
-                    sequence.job.events.send(GenerationEvent::Failed(err)).ok();
+                    fail_all(&mut new_sequences, &err);
                     batch = Batch::new(shape);
                     next_tokens.clear();
                     continue;
                 }
-                sequences.push(sequence);
-                next_tokens.push(token);
+                sequences.extend(new_sequences);
+                next_tokens.extend(tokens);
             }
         }
         if sequences.is_empty() {
@@ -181,67 +176,89 @@ pub fn run_loop(
     }
 }
 
-/// Tokenises and prefills a job. Returns the sequence, its first sampled token and its cache,
-/// or `None` when it already ended (error, immediate stop, cancelled).
+/// Tokenises and prefills newly arrived jobs together. Returns the sequences that go on, their
+/// first sampled tokens and their cache rows (in the same order), or `None` when none goes on
+/// (errors, immediate stops and cancellations are reported to their callers here).
 fn admit(
     decoder: &mut Decoder,
     tokenizer: &Tokenizer,
     config: &LoopConfig,
-    job: GenerationJob,
+    jobs: Vec<GenerationJob>,
     counters: &WorkerCounters,
-) -> Option<(Sequence, u32, Batch)> {
-    if job.events.is_closed() {
-        return None;
-    }
-    let prompt = match tokenizer.encode(job.prompt.as_str(), false) {
-        Ok(encoding) => encoding.get_ids().to_vec(),
-        Err(err) => {
+) -> Option<(Vec<Sequence>, Vec<u32>, Batch)> {
+    let mut ready = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        if job.events.is_closed() {
+            continue;
+        }
+        let prompt = match tokenizer.encode(job.prompt.as_str(), false) {
+            Ok(encoding) => encoding.get_ids().to_vec(),
+            Err(err) => {
+                let error = ModelError::Tokenizer(err.to_string());
+                let _ = job.events.send(GenerationEvent::Failed(error));
+                continue;
+            }
+        };
+        if prompt.is_empty() || prompt.len() >= config.context_length {
             let _ = job
                 .events
-                .send(GenerationEvent::Failed(ModelError::Tokenizer(
-                    err.to_string(),
-                )));
-            return None;
+                .send(GenerationEvent::Failed(ModelError::ContextOverflow {
+                    tokens: prompt.len(),
+                    limit: config.context_length,
+                }));
+            continue;
         }
-    };
-    if prompt.len() >= config.context_length {
-        let _ = job
-            .events
-            .send(GenerationEvent::Failed(ModelError::ContextOverflow {
-                tokens: prompt.len(),
-                limit: config.context_length,
-            }));
+        ready.push((job, prompt));
+    }
+    if ready.is_empty() {
         return None;
     }
-    let max_new = job
-        .params
-        .max_tokens
-        .min(config.context_length - prompt.len());
-    let (logits, rows) = match decoder.prefill(&prompt) {
+    let prompts: Vec<Vec<u32>> = ready.iter().map(|(_, prompt)| prompt.clone()).collect();
+    let (logits, mut rows) = match decoder.prefill(&prompts) {
         Ok(result) => result,
         Err(err) => {
-            let _ = job.events.send(GenerationEvent::Failed(err));
+            for (job, _) in ready {
+                let _ = job.events.send(GenerationEvent::Failed(err.clone()));
+            }
             return None;
         }
     };
-    let mut sequence = Sequence {
-        sampler: Sampler::new(job.params.clone()),
-        stops: StopMatcher::new(job.params.stop.clone()),
-        prompt_tokens: prompt.len(),
-        generated: Vec::new(),
-        max_new,
-        detokenizer: Detokenizer::default(),
-        first_token_at: None,
-        job,
-    };
-    let token = sequence.sampler.sample(&logits);
-    match advance(&mut sequence, token, tokenizer, config, counters) {
-        Some(reason) => {
-            finish(sequence, reason, counters);
-            None
+    let mut sequences = Vec::with_capacity(ready.len());
+    let mut tokens = Vec::with_capacity(ready.len());
+    let mut ended = Vec::new();
+    for (row, (job, prompt)) in ready.into_iter().enumerate() {
+        let mut sequence = Sequence {
+            sampler: Sampler::new(job.params.clone()),
+            stops: StopMatcher::new(job.params.stop.clone()),
+            prompt_tokens: prompt.len(),
+            generated: Vec::new(),
+            max_new: job
+                .params
+                .max_tokens
+                .min(config.context_length - prompt.len()),
+            detokenizer: Detokenizer::default(),
+            first_token_at: None,
+            job,
+        };
+        let token = sequence.sampler.sample(&logits[row]);
+        match advance(&mut sequence, token, tokenizer, config, counters) {
+            Some(reason) => {
+                finish(sequence, reason, counters);
+                ended.push(row);
+            }
+            None => {
+                sequences.push(sequence);
+                tokens.push(token);
+            }
         }
-        None => Some((sequence, token, rows)),
     }
+    for row in ended.into_iter().rev() {
+        if let Err(err) = rows.remove(row) {
+            fail_all(&mut sequences, &err);
+            return None;
+        }
+    }
+    (!sequences.is_empty()).then_some((sequences, tokens, rows))
 }
 
 /// Records a sampled token; returns why the sequence ends, if it does.

@@ -51,6 +51,8 @@ pub struct ModelInfo {
     pub avg_response_time: f64,
     /// Generated tokens per second of decode time.
     pub tokens_per_second: f64,
+    /// Time spent in decode steps (prefill excluded), since the node started.
+    pub decode_seconds: f64,
     pub loaded: Option<LoadedInfo>,
 }
 
@@ -232,6 +234,7 @@ fn info(state: &ModelPoolState, name: &str) -> ModelInfo {
         } else {
             0.0
         },
+        decode_seconds: decode_secs,
         loaded: state.loaded.get(name).map(|loaded| loaded.info.clone()),
     }
 }
