@@ -41,6 +41,8 @@ pub struct Batch {
 pub struct Decoder {
     session: Session,
     shape: CacheShape,
+    /// Some exports compute positions from the mask and take no `position_ids`.
+    takes_position_ids: bool,
 }
 
 fn runtime_err(err: ort::Error) -> ModelError {
@@ -49,7 +51,15 @@ fn runtime_err(err: ort::Error) -> ModelError {
 
 impl Decoder {
     pub fn new(session: Session, shape: CacheShape) -> Decoder {
-        Decoder { session, shape }
+        let takes_position_ids = session
+            .inputs()
+            .iter()
+            .any(|input| input.name() == "position_ids");
+        Decoder {
+            session,
+            shape,
+            takes_position_ids,
+        }
     }
 
     /// Runs prompts together (left-padded to the longest): the logits after each prompt's
@@ -133,13 +143,15 @@ impl Decoder {
                     .map_err(runtime_err)?
                     .into(),
             ),
-            (
+        ];
+        if self.takes_position_ids {
+            inputs.push((
                 "position_ids".into(),
                 Tensor::from_array((dims(seq), positions))
                     .map_err(runtime_err)?
                     .into(),
-            ),
-        ];
+            ));
+        }
         for (i, value) in std::mem::take(&mut batch.past).into_iter().enumerate() {
             inputs.push((past_name(i).into(), value.into()));
         }
