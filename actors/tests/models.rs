@@ -127,11 +127,13 @@ async fn check_embedding_reference(pool: &ModelPoolHandle, model: &str, referenc
         .iter()
         .map(|s| s.as_str().unwrap().to_owned())
         .collect();
-    let vectors = pool.embed(model, sentences).await.unwrap();
-    for (vector, expected) in vectors
+    let embeddings = pool.embed(model, sentences).await.unwrap();
+    for (embedding, expected) in embeddings
         .iter()
         .zip(reference["embeddings"].as_array().unwrap())
     {
+        let vector = &embedding.vector;
+        assert!(embedding.tokens >= 3, "[CLS] text [SEP]");
         let expected: Vec<f64> = expected
             .as_array()
             .unwrap()

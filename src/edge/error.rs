@@ -290,7 +290,8 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     Ok(rejection_to_error(&rejection).into_response())
 }
 
-fn rejection_to_error(rejection: &Rejection) -> ApiError {
+/// The API error a rejection stands for.
+pub fn rejection_to_error(rejection: &Rejection) -> ApiError {
     if let Some(err) = rejection.find::<ApiError>() {
         return err.clone();
     }

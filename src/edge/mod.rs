@@ -6,6 +6,7 @@ pub mod auth_api;
 pub mod error;
 pub mod json;
 pub mod models_api;
+pub mod openai_api;
 pub mod openapi;
 pub mod rate_limit;
 pub mod system_api;
@@ -41,7 +42,9 @@ pub fn routes(ctx: Arc<AppContext>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(admin_api::routes(ctx.clone()))
         .unify()
-        .or(models_api::routes(ctx))
+        .or(models_api::routes(ctx.clone()))
+        .unify()
+        .or(openai_api::routes(ctx))
         .unify()
         .or(openapi::routes())
         .unify()
@@ -111,15 +114,24 @@ where
     B: http_body::Body + Send + Sync + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // Errors raised here (before routing) answer in the shape of the API the path belongs to.
+    let openai = request.uri().path().starts_with("/v1/");
+    let error_response = |err: ApiError| {
+        if openai {
+            openai_api::openai_error(&err)
+        } else {
+            err.into_response()
+        }
+    };
     let limit = ctx.config.limits.max_body_bytes;
     if content_length(request.headers()).is_some_and(|len| len > limit) {
-        return (ApiError::payload_too_large(limit).into_response(), None);
+        return (error_response(ApiError::payload_too_large(limit)), None);
     }
 
     let identity = match session_token(request.headers(), &ctx.config.auth.cookie_name) {
         Some(token) => match ctx.identity.sessions().authenticate(&token).await {
             Ok(identity) => identity,
-            Err(err) => return (ApiError::from(err).into_response(), None),
+            Err(err) => return (error_response(ApiError::from(err)), None),
         },
         None => None,
     };
@@ -134,7 +146,7 @@ where
     });
     let mut response = match decision {
         Some(decision) if !decision.allowed => {
-            ApiError::rate_limited(decision.limit, decision.retry_after).into_response()
+            error_response(ApiError::rate_limited(decision.limit, decision.retry_after))
         }
         _ => {
             request.extensions_mut().insert(RequestContext { identity });

@@ -29,7 +29,14 @@ pub enum Category {
 
 impl Category {
     /// The category of a request, or `None` for routes outside the API (e.g. `/metrics`).
+    /// The OpenAI-compatible `/v1` routes count like their `/api` counterparts.
     pub fn of(method: &Method, path: &str) -> Option<Category> {
+        if let Some(openai) = path.strip_prefix("/v1/") {
+            return Some(match openai {
+                "chat/completions" => Category::Chat,
+                _ => Category::General,
+            });
+        }
         let api = path.strip_prefix("/api/")?;
         let segments: Vec<&str> = api.split('/').collect();
         Some(match segments.as_slice() {
@@ -224,6 +231,11 @@ mod tests {
             Some(Category::General)
         );
         assert_eq!(Category::of(&get, "/metrics"), None);
+        assert_eq!(
+            Category::of(&post, "/v1/chat/completions"),
+            Some(Category::Chat)
+        );
+        assert_eq!(Category::of(&get, "/v1/models"), Some(Category::General));
     }
 
     #[test]

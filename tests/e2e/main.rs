@@ -6,4 +6,5 @@ mod auth;
 mod edge;
 mod harness;
 mod models;
+mod openai;
 mod system;

@@ -9,6 +9,15 @@ use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use super::ModelError;
 
+/// One embedded text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedding {
+    /// Unit length.
+    pub vector: Vec<f32>,
+    /// Tokens the model read (after truncation, special tokens included).
+    pub tokens: usize,
+}
+
 pub struct Encoder {
     session: Session,
     tokenizer: Tokenizer,
@@ -43,7 +52,7 @@ impl Encoder {
     }
 
     /// Unit-length embeddings of `texts`, in order.
-    pub fn embed(&mut self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
+    pub fn embed(&mut self, texts: &[String]) -> Result<Vec<Embedding>, ModelError> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
@@ -87,11 +96,11 @@ impl Encoder {
         let dim = shape[2] as usize;
         Ok((0..rows)
             .map(|r| {
-                mean_pool(
-                    &values[r * seq * dim..(r + 1) * seq * dim],
-                    &mask[r * seq..(r + 1) * seq],
-                    dim,
-                )
+                let row_mask = &mask[r * seq..(r + 1) * seq];
+                Embedding {
+                    vector: mean_pool(&values[r * seq * dim..(r + 1) * seq * dim], row_mask, dim),
+                    tokens: row_mask.iter().filter(|&&m| m != 0).count(),
+                }
             })
             .collect())
     }

@@ -17,6 +17,7 @@ pub mod worker;
 
 use std::path::PathBuf;
 
+pub use encoder::Embedding;
 pub use generation::{FinishReason, GenerationEvent, GenerationSummary};
 pub use manifest::{ChatMessage, Manifest, ModelDir, ModelKind, Role};
 pub use sampling::SamplingParams;

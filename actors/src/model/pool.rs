@@ -15,6 +15,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use sting_store::Timestamp;
 use tokio::sync::broadcast;
 
+use super::encoder::Embedding;
 use super::generation::WorkerCounters;
 use super::manifest::ModelDir;
 use super::runtime::OnnxRuntime;
@@ -457,7 +458,7 @@ impl ModelPoolHandle {
         &self,
         model: &str,
         texts: Vec<String>,
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
+    ) -> Result<Vec<Embedding>, ModelError> {
         let (worker, _) = self.acquire(model).await?;
         worker
             .call(

@@ -15,7 +15,7 @@ use tokenizers::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::decoder::{CacheShape, Decoder};
-use super::encoder::Encoder;
+use super::encoder::{Embedding, Encoder};
 use super::generation::{self, GenerationEvent, GenerationJob, LoopConfig, WorkerCounters};
 use super::manifest::{ChatMessage, ChatTemplate, ModelDir, ModelKind};
 use super::runtime::OnnxRuntime;
@@ -62,7 +62,7 @@ enum Queue {
 
 struct EmbedJob {
     texts: Vec<String>,
-    reply: RpcReplyPort<Result<Vec<Vec<f32>>, ModelError>>,
+    reply: RpcReplyPort<Result<Vec<Embedding>, ModelError>>,
 }
 
 /// A chat completion request.
@@ -80,7 +80,10 @@ pub enum ModelWorkerMsg {
         RpcReplyPort<Result<(), ModelError>>,
     ),
     /// Embeds texts (unit vectors, in order).
-    Embed(Vec<String>, RpcReplyPort<Result<Vec<Vec<f32>>, ModelError>>),
+    Embed(
+        Vec<String>,
+        RpcReplyPort<Result<Vec<Embedding>, ModelError>>,
+    ),
     /// How loading went.
     Report(RpcReplyPort<LoadReport>),
 }
@@ -155,7 +158,7 @@ fn admit_generation(
 fn admit_embedding(
     state: &ModelWorkerState,
     texts: Vec<String>,
-    reply: RpcReplyPort<Result<Vec<Vec<f32>>, ModelError>>,
+    reply: RpcReplyPort<Result<Vec<Embedding>, ModelError>>,
 ) {
     let Queue::Embedding { jobs } = &state.queue else {
         let _ = reply.send(Err(ModelError::WrongKind {
@@ -244,7 +247,7 @@ fn embed_loop(mut encoder: Encoder, jobs: Receiver<EmbedJob>, counters: Arc<Work
         }
         let started = Instant::now();
         let all: Vec<String> = batch.iter().flat_map(|job| job.texts.clone()).collect();
-        let result: Result<Vec<Vec<f32>>, ModelError> = all
+        let result: Result<Vec<Embedding>, ModelError> = all
             .chunks(EMBED_BATCH)
             .map(|chunk| encoder.embed(chunk))
             .collect::<Result<Vec<_>, _>>()
