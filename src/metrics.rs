@@ -26,6 +26,27 @@ struct CategoryLabels {
     category: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+}
+
+/// What a scrape reports about the node's current state.
+pub struct NodeSnapshot {
+    pub active_sessions: u64,
+    pub uptime: Duration,
+    pub store_up: bool,
+    pub models: Vec<ModelSample>,
+}
+
+/// One model's counters (totals since the node started).
+pub struct ModelSample {
+    pub name: String,
+    pub loaded: bool,
+    pub inferences: u64,
+    pub tokens_generated: u64,
+}
+
 /// Request statistics since start, for the JSON metrics endpoint.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestStats {
@@ -45,6 +66,9 @@ pub struct Metrics {
     active_sessions: Gauge,
     uptime_seconds: Gauge,
     store_up: Gauge,
+    model_loaded: Family<ModelLabels, Gauge>,
+    model_inferences: Family<ModelLabels, Counter>,
+    model_tokens: Family<ModelLabels, Counter>,
     total: AtomicU64,
     server_errors: AtomicU64,
     duration_micros: AtomicU64,
@@ -93,6 +117,24 @@ impl Metrics {
             "1 when the store answered its last ping",
             store_up.clone(),
         );
+        let model_loaded = Family::<ModelLabels, Gauge>::default();
+        let model_inferences = Family::<ModelLabels, Counter>::default();
+        let model_tokens = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "model_loaded",
+            "1 while a model is loaded",
+            model_loaded.clone(),
+        );
+        registry.register(
+            "model_inferences",
+            "Generations and embedding requests served, by model",
+            model_inferences.clone(),
+        );
+        registry.register(
+            "model_generated_tokens",
+            "Tokens generated, by model",
+            model_tokens.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -100,6 +142,9 @@ impl Metrics {
             active_sessions,
             uptime_seconds,
             store_up,
+            model_loaded,
+            model_inferences,
+            model_tokens,
             total: AtomicU64::new(0),
             server_errors: AtomicU64::new(0),
             duration_micros: AtomicU64::new(0),
@@ -154,15 +199,39 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition, with gauges set to the given current values.
-    pub fn encode(&self, active_sessions: u64, uptime: Duration, store_up: bool) -> String {
-        self.active_sessions.set(active_sessions as i64);
-        self.uptime_seconds.set(uptime.as_secs() as i64);
-        self.store_up.set(i64::from(store_up));
+    /// The Prometheus text exposition, brought up to date with `snapshot`.
+    pub fn encode(&self, snapshot: &NodeSnapshot) -> String {
+        self.active_sessions.set(snapshot.active_sessions as i64);
+        self.uptime_seconds.set(snapshot.uptime.as_secs() as i64);
+        self.store_up.set(i64::from(snapshot.store_up));
+        for model in &snapshot.models {
+            let labels = ModelLabels {
+                model: model.name.clone(),
+            };
+            self.model_loaded
+                .get_or_create(&labels)
+                .set(i64::from(model.loaded));
+            catch_up(
+                &self.model_inferences.get_or_create(&labels),
+                model.inferences,
+            );
+            catch_up(
+                &self.model_tokens.get_or_create(&labels),
+                model.tokens_generated,
+            );
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
         text
+    }
+}
+
+/// Advances a counter mirroring a total kept elsewhere.
+fn catch_up(counter: &Counter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
     }
 }
 
@@ -259,7 +328,22 @@ mod tests {
         assert_eq!((stats.total, stats.total_today), (2, 2));
         assert!((stats.average_response_time - 0.020).abs() < 1e-9);
         assert!((stats.error_rate - 0.5).abs() < 1e-9);
-        let text = metrics.encode(3, Duration::from_secs(9), true);
+        let text = metrics.encode(&NodeSnapshot {
+            active_sessions: 3,
+            uptime: Duration::from_secs(9),
+            store_up: true,
+            models: vec![ModelSample {
+                name: "m".into(),
+                loaded: true,
+                inferences: 4,
+                tokens_generated: 40,
+            }],
+        });
+        assert!(
+            text.contains("sting_model_inferences_total{model=\"m\"} 4"),
+            "{text}"
+        );
+        assert!(text.contains("sting_model_loaded{model=\"m\"} 1"));
         assert!(text.contains(
             "sting_http_requests_total{method=\"GET\",category=\"general\",status=\"503\"} 1"
         ));

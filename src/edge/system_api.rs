@@ -9,11 +9,12 @@ use sting_actors::session::Identity;
 use utoipa::ToSchema;
 use warp::http::{header, StatusCode};
 use warp::reply::Response;
-use warp::{Filter, Reply};
+use warp::{Filter, Rejection, Reply};
 
 use super::error::ErrorEnvelope;
-use super::{admin, with_ctx};
+use super::{admin, reject, with_ctx};
 use crate::app::AppContext;
+use crate::metrics::{ModelSample, NodeSnapshot};
 
 /// A health check slower than this counts as a failure.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -39,7 +40,7 @@ pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with_ctx(ctx.clone()))
         .and(admin())
-        .map(metrics);
+        .and_then(metrics);
     let prometheus = warp::path("metrics")
         .and(warp::path::end())
         .and(warp::get())
@@ -106,6 +107,17 @@ pub struct ServerStatus {
 pub struct MetricsResponse {
     pub performance: PerformanceMetrics,
     pub requests: RequestMetrics,
+    pub models: ModelMetrics,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelMetrics {
+    /// Generations and embedding requests served since start, all models.
+    pub total_inferences: u64,
+    /// Seconds per inference, mean over all models.
+    pub average_inference_time: f64,
+    /// Models loaded now.
+    pub active_models: Vec<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -297,7 +309,13 @@ pub async fn status(ctx: Arc<AppContext>, _admin: Identity) -> Response {
         (status = 200, description = "Metrics", body = MetricsResponse),
         (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
     ))]
-pub fn metrics(ctx: Arc<AppContext>, _admin: Identity) -> Response {
+pub async fn metrics(ctx: Arc<AppContext>, _admin: Identity) -> Result<Response, Rejection> {
+    let models = ctx.models.list().await.map_err(reject)?;
+    let total_inferences: u64 = models.iter().map(|m| m.inference_count).sum();
+    let inference_seconds: f64 = models
+        .iter()
+        .map(|m| m.avg_response_time * m.inference_count as f64)
+        .sum();
     let host = ctx.host.latest();
     let stats = ctx.metrics.request_stats();
     let body = MetricsResponse {
@@ -312,8 +330,21 @@ pub fn metrics(ctx: Arc<AppContext>, _admin: Identity) -> Response {
             average_response_time: stats.average_response_time,
             error_rate: stats.error_rate,
         },
+        models: ModelMetrics {
+            total_inferences,
+            average_inference_time: if total_inferences == 0 {
+                0.0
+            } else {
+                inference_seconds / total_inferences as f64
+            },
+            active_models: models
+                .iter()
+                .filter(|m| m.loaded.is_some())
+                .map(|m| m.model.manifest.name.clone())
+                .collect(),
+        },
     };
-    warp::reply::json(&body).into_response()
+    Ok(warp::reply::json(&body).into_response())
 }
 
 /// Prometheus text exposition (not rate-limited, for scrapers).
@@ -324,11 +355,25 @@ pub async fn prometheus(ctx: Arc<AppContext>) -> Response {
         tokio::time::timeout(CHECK_TIMEOUT, ctx.store.ping()).await,
         Ok(Ok(()))
     );
-    let text = ctx.metrics.encode(
-        ctx.identity.sessions().active_count(),
-        ctx.started_at.elapsed(),
+    let models = ctx
+        .models
+        .list()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| ModelSample {
+            loaded: m.loaded.is_some(),
+            inferences: m.inference_count,
+            tokens_generated: m.tokens_generated,
+            name: m.model.manifest.name,
+        })
+        .collect();
+    let text = ctx.metrics.encode(&NodeSnapshot {
+        active_sessions: ctx.identity.sessions().active_count(),
+        uptime: ctx.started_at.elapsed(),
         store_up,
-    );
+        models,
+    });
     warp::reply::with_header(
         text,
         header::CONTENT_TYPE,

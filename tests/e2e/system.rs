@@ -49,6 +49,9 @@ async fn admins_see_status_and_metrics() {
     assert!(requests["total_today"].as_u64().unwrap() >= 3);
     assert!(requests["average_response_time"].as_f64().unwrap() > 0.0);
     assert!(requests["error_rate"].as_f64().is_some());
+    let models = &metrics.body["models"];
+    assert_eq!(models["total_inferences"], 0);
+    assert_eq!(models["active_models"], serde_json::json!([]));
     for field in ["cpu_usage", "memory_usage", "disk_usage"] {
         let value = metrics.body["performance"][field].as_f64().unwrap();
         assert!((0.0..=100.0).contains(&value), "{field} = {value}");
@@ -69,6 +72,10 @@ async fn admins_see_status_and_metrics() {
         "{text}"
     );
     assert!(text.contains("sting_store_up 1"), "{text}");
+    assert!(
+        text.contains("sting_model_loaded{model=\"fixture-chat\"} 0"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
