@@ -10,7 +10,8 @@
 //! Prints tokens/s of: raw ONNX Runtime greedy decoding at batch 1 and batch 16 (decode steps
 //! only), and the worker with 1, 4 and 16 concurrent generations, both end to end (wall time
 //! from submission to the last token: admission and prefill included) and inside its decode
-//! steps (the same span as the raw figures), then the ratios.
+//! steps (the same span as the raw figures), then the ratios; medians over
+//! `STING_BENCH_ROUNDS` (default 3) rounds that alternate raw and worker runs.
 
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -58,18 +59,13 @@ fn main() {
         .map(|&id| id as i64)
         .collect();
 
+    let rounds: usize = std::env::var("STING_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let (mut session, _) = runtime.session(&model.model_path()).unwrap();
-    let raw_1 = raw_decode(&mut session, &model, &prompt_ids, 1, new_tokens);
-    let raw_16 = raw_decode(&mut session, &model, &prompt_ids, 16, new_tokens);
-    drop(session);
-    println!("raw ONNX Runtime, batch 1:  {raw_1:8.1} tokens/s");
-    println!(
-        "raw ONNX Runtime, batch 16: {raw_16:8.1} tokens/s ({:.2}x batch 1)",
-        raw_16 / raw_1
-    );
-
     let tokio = tokio::runtime::Runtime::new().unwrap();
-    let worker: Vec<(usize, f64, f64)> = tokio.block_on(async {
+    let pool = tokio.block_on(async {
         let pool = ModelPoolHandle::start(PoolConfig {
             models_dir: model_dir.parent().unwrap().to_path_buf(),
             runtime_library: library.clone(),
@@ -81,39 +77,70 @@ fn main() {
         .await
         .unwrap();
         pool.load(&model.manifest.name).await.unwrap();
-        let mut results = Vec::new();
-        for concurrency in [1, 4, 16] {
-            let name = &model.manifest.name;
-            let before = pool.info(name).await.unwrap();
-            let wall = worker_decode(&pool, name, &messages, concurrency, new_tokens).await;
-            let after = pool.info(name).await.unwrap();
-            let decode = (after.tokens_generated - before.tokens_generated) as f64
-                / (after.decode_seconds - before.decode_seconds);
-            results.push((concurrency, wall, decode));
-        }
-        results
+        pool
     });
-    for (concurrency, wall, decode) in &worker {
+    // Rounds alternate raw and worker runs so that drift in the machine's load hits both;
+    // the figures are medians over rounds.
+    let mut figures: Vec<[f64; 8]> = Vec::new();
+    for round in 0..rounds {
+        let raw_1 = raw_decode(&mut session, &model, &prompt_ids, 1, new_tokens);
+        let raw_16 = raw_decode(&mut session, &model, &prompt_ids, 16, new_tokens);
+        let mut row = [raw_1, raw_16, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        for (slot, concurrency) in [1, 4, 16].into_iter().enumerate() {
+            let name = &model.manifest.name;
+            let (wall, decode) = tokio.block_on(async {
+                let before = pool.info(name).await.unwrap();
+                let wall = worker_decode(&pool, name, &messages, concurrency, new_tokens).await;
+                let after = pool.info(name).await.unwrap();
+                let decode = (after.decode_tokens - before.decode_tokens) as f64
+                    / (after.decode_seconds - before.decode_seconds);
+                (wall, decode)
+            });
+            row[2 + 2 * slot] = wall;
+            row[3 + 2 * slot] = decode;
+        }
+        eprintln!("round {}: {row:.1?}", round + 1);
+        figures.push(row);
+    }
+    let median = |i: usize| {
+        let mut values: Vec<f64> = figures.iter().map(|row| row[i]).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let (raw_1, raw_16) = (median(0), median(1));
+    println!(
+        "medians over {rounds} rounds, {new_tokens} new tokens per generation, {THREADS} threads:"
+    );
+    println!("raw ONNX Runtime, batch 1:  {raw_1:8.1} tokens/s");
+    println!(
+        "raw ONNX Runtime, batch 16: {raw_16:8.1} tokens/s ({:.2}x batch 1)",
+        raw_16 / raw_1
+    );
+    for (slot, concurrency) in [1, 4, 16].into_iter().enumerate() {
         println!(
-            "worker, {concurrency:2} concurrent: {wall:8.1} tokens/s end to end, \
-             {decode:8.1} tokens/s in decode steps"
+            "worker, {concurrency:2} concurrent: {:8.1} tokens/s end to end, {:8.1} tokens/s in decode steps",
+            median(2 + 2 * slot),
+            median(3 + 2 * slot)
         );
     }
-    let (single_wall, single_decode) = (worker[0].1, worker[0].2);
-    let (sixteen_wall, sixteen_decode) = (worker[2].1, worker[2].2);
+    let ratio = |a: usize, b: usize| {
+        let mut values: Vec<f64> = figures.iter().map(|row| row[a] / row[b]).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
     println!(
         "single stream: worker / raw batch 1   = {:.2} in decode steps, {:.2} end to end",
-        single_decode / raw_1,
-        single_wall / raw_1
+        ratio(3, 0),
+        ratio(2, 0)
     );
     println!(
         "16 concurrent: worker / raw batch 16  = {:.2} in decode steps, {:.2} end to end",
-        sixteen_decode / raw_16,
-        sixteen_wall / raw_16
+        ratio(7, 1),
+        ratio(6, 1)
     );
     println!(
         "16 concurrent: worker / worker single = {:.2} end to end",
-        sixteen_wall / single_wall
+        ratio(6, 2)
     );
 }
 

@@ -59,6 +59,8 @@ pub struct WorkerCounters {
     pub tokens_generated: AtomicU64,
     /// Time spent in decode steps, in microseconds.
     pub decode_micros: AtomicU64,
+    /// Tokens produced by decode steps (each sequence's first token comes from its prefill).
+    pub decode_tokens: AtomicU64,
     /// Sum of whole-request times, in microseconds.
     pub response_micros: AtomicU64,
     /// Sequences in the running batch.
@@ -143,7 +145,12 @@ pub fn run_loop(
             .decode_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let logits = match step {
-            Ok(logits) => logits,
+            Ok(logits) => {
+                counters
+                    .decode_tokens
+                    .fetch_add(logits.len() as u64, Ordering::Relaxed);
+                logits
+            }
             Err(err) => {
                 tracing::error!(error = %err, "decode step failed; failing its batch");
                 fail_all(&mut sequences, &err);

@@ -50,10 +50,12 @@ pub struct ModelInfo {
     pub tokens_generated: u64,
     /// Seconds, mean over requests.
     pub avg_response_time: f64,
-    /// Generated tokens per second of decode time.
+    /// Tokens per second of decode steps (prefill excluded).
     pub tokens_per_second: f64,
     /// Time spent in decode steps (prefill excluded), since the node started.
     pub decode_seconds: f64,
+    /// Tokens those decode steps produced.
+    pub decode_tokens: u64,
     pub loaded: Option<LoadedInfo>,
 }
 
@@ -231,11 +233,12 @@ fn info(state: &ModelPoolState, name: &str) -> ModelInfo {
             response_secs / inferences as f64
         },
         tokens_per_second: if decode_secs > 0.0 {
-            tokens as f64 / decode_secs
+            counters.decode_tokens.load(Ordering::Relaxed) as f64 / decode_secs
         } else {
             0.0
         },
         decode_seconds: decode_secs,
+        decode_tokens: counters.decode_tokens.load(Ordering::Relaxed),
         loaded: state.loaded.get(name).map(|loaded| loaded.info.clone()),
     }
 }
