@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use sting_actors::conversation::ConversationRegistry;
 use sting_actors::model::pool::ModelPoolHandle;
 use sting_actors::session::SessionRegistry;
 use sting_cluster::NodeId;
@@ -22,9 +23,13 @@ pub struct AppContext {
     pub store: Arc<dyn Store>,
     pub identity: IdentityService,
     pub models: ModelPoolHandle,
+    pub chat: ConversationRegistry,
     pub rate_limits: RateLimits,
     pub metrics: Metrics,
     pub host: Arc<HostSampler>,
+    /// Becomes `true` when the node shuts down (WebSockets, which graceful shutdown does not
+    /// track, close themselves on it).
+    pub closing: tokio::sync::watch::Sender<bool>,
     pub started_at: Instant,
     pub started_at_utc: chrono::DateTime<chrono::Utc>,
 }
@@ -68,6 +73,11 @@ impl AppContext {
         let models = ModelPoolHandle::start(config.pool_config())
             .await
             .context("starting the model pool")?;
+        // No knowledge layer yet: turns that name honey jars are refused.
+        let chat =
+            ConversationRegistry::start(store.clone(), models.clone(), config.chat_policy(), None)
+                .await
+                .context("starting the conversation supervisor")?;
 
         let bootstrap = &config.bootstrap;
         if !bootstrap.admin_email.is_empty() {
@@ -90,12 +100,14 @@ impl AppContext {
             rate_limits: RateLimits::new(&config.rate_limits),
             metrics: Metrics::new(),
             host: host.clone(),
+            closing: tokio::sync::watch::Sender::new(false),
             started_at: Instant::now(),
             started_at_utc: chrono::Utc::now(),
             config,
             store,
             identity,
             models,
+            chat,
         });
         let tasks = vec![
             host.spawn(),
@@ -126,6 +138,8 @@ impl AppContext {
     /// Stops the node's services and makes the store durable.
     pub async fn shutdown(&self, background: Background) {
         background.stop();
+        // Conversation actors release their leases, so another node can take over at once.
+        self.chat.shutdown().await;
         self.identity.sessions().shutdown().await;
         match self.store.flush().await {
             Ok(()) => tracing::info!("store flushed"),

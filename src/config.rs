@@ -21,6 +21,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "auth",
     "rate_limits",
     "models",
+    "chat",
     "logging",
     "bootstrap",
 ];
@@ -37,6 +38,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub rate_limits: RateLimitsConfig,
     pub models: ModelsConfig,
+    pub chat: ChatConfig,
     pub logging: LoggingConfig,
     pub bootstrap: BootstrapConfig,
 }
@@ -113,6 +115,23 @@ pub struct ModelsConfig {
     pub intra_threads: usize,
     pub queue_depth: usize,
     pub max_batch: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatConfig {
+    pub system_prompt: String,
+    pub context_budget_ratio: f64,
+    pub keep_recent_messages: usize,
+    pub summary_max_tokens: usize,
+    pub default_max_tokens: usize,
+    pub default_temperature: f32,
+    pub max_message_chars: usize,
+    pub lease_ttl_secs: u64,
+    pub actor_idle_secs: u64,
+    pub ws_ping_interval_secs: u64,
+    pub ws_idle_timeout_secs: u64,
+    pub ws_max_frame_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -251,6 +270,25 @@ impl Config {
         if models.max_loaded == 0 || models.max_batch == 0 || models.intra_threads == 0 {
             return invalid("models.max_loaded, max_batch and intra_threads must be positive");
         }
+        let chat = &self.chat;
+        if !(chat.context_budget_ratio > 0.0 && chat.context_budget_ratio <= 1.0) {
+            return invalid("chat.context_budget_ratio must be in (0, 1]");
+        }
+        if chat.keep_recent_messages == 0
+            || chat.summary_max_tokens == 0
+            || chat.default_max_tokens == 0
+            || chat.max_message_chars == 0
+            || chat.lease_ttl_secs == 0
+            || chat.actor_idle_secs == 0
+            || chat.ws_ping_interval_secs == 0
+            || chat.ws_idle_timeout_secs == 0
+            || chat.ws_max_frame_bytes == 0
+        {
+            return invalid("chat limits, counts and intervals must be positive");
+        }
+        if !(0.0..=2.0).contains(&chat.default_temperature) {
+            return invalid("chat.default_temperature must be within 0..=2");
+        }
         if self.server.tls_cert_path.is_empty() != self.server.tls_key_path.is_empty() {
             return invalid("server.tls_cert_path and server.tls_key_path go together");
         }
@@ -309,6 +347,26 @@ impl Config {
     /// The SQLite database file.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("sting.db")
+    }
+}
+
+impl Config {
+    /// The rules of conversations on this node.
+    pub fn chat_policy(&self) -> sting_actors::conversation::ChatPolicy {
+        let chat = &self.chat;
+        sting_actors::conversation::ChatPolicy {
+            node: self.node_name(),
+            system_prompt: chat.system_prompt.clone(),
+            default_model: self.models.default_chat_model.clone(),
+            budget_ratio: chat.context_budget_ratio,
+            keep_recent_messages: chat.keep_recent_messages,
+            summary_max_tokens: chat.summary_max_tokens,
+            default_max_tokens: chat.default_max_tokens,
+            default_temperature: chat.default_temperature,
+            max_message_chars: chat.max_message_chars,
+            lease_ttl: Duration::from_secs(chat.lease_ttl_secs),
+            idle_timeout: Duration::from_secs(chat.actor_idle_secs),
+        }
     }
 }
 

@@ -34,6 +34,7 @@ struct ModelLabels {
 /// What a scrape reports about the node's current state.
 pub struct NodeSnapshot {
     pub active_sessions: u64,
+    pub active_conversations: u64,
     pub uptime: Duration,
     pub store_up: bool,
     pub models: Vec<ModelSample>,
@@ -64,6 +65,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     durations: Family<CategoryLabels, Histogram>,
     active_sessions: Gauge,
+    active_conversations: Gauge,
+    websockets: Gauge,
     uptime_seconds: Gauge,
     store_up: Gauge,
     model_loaded: Family<ModelLabels, Gauge>,
@@ -90,6 +93,8 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.0005, 2.0, 16))
         });
         let active_sessions = Gauge::default();
+        let active_conversations = Gauge::default();
+        let websockets = Gauge::default();
         let uptime_seconds = Gauge::default();
         let store_up = Gauge::default();
         registry.register(
@@ -106,6 +111,16 @@ impl Metrics {
             "active_session_actors",
             "Login sessions with a live actor on this node",
             active_sessions.clone(),
+        );
+        registry.register(
+            "active_conversation_actors",
+            "Conversations with a live actor (owned) on this node",
+            active_conversations.clone(),
+        );
+        registry.register(
+            "websocket_connections",
+            "Open chat WebSockets",
+            websockets.clone(),
         );
         registry.register(
             "uptime_seconds",
@@ -140,6 +155,8 @@ impl Metrics {
             requests,
             durations,
             active_sessions,
+            active_conversations,
+            websockets,
             uptime_seconds,
             store_up,
             model_loaded,
@@ -150,6 +167,14 @@ impl Metrics {
             duration_micros: AtomicU64::new(0),
             today: Mutex::new((0, 0)),
         }
+    }
+
+    pub fn websocket_opened(&self) {
+        self.websockets.inc();
+    }
+
+    pub fn websocket_closed(&self) {
+        self.websockets.dec();
     }
 
     /// Records one served request.
@@ -202,6 +227,8 @@ impl Metrics {
     /// The Prometheus text exposition, brought up to date with `snapshot`.
     pub fn encode(&self, snapshot: &NodeSnapshot) -> String {
         self.active_sessions.set(snapshot.active_sessions as i64);
+        self.active_conversations
+            .set(snapshot.active_conversations as i64);
         self.uptime_seconds.set(snapshot.uptime.as_secs() as i64);
         self.store_up.set(i64::from(snapshot.store_up));
         for model in &snapshot.models {
@@ -330,6 +357,7 @@ mod tests {
         assert!((stats.error_rate - 0.5).abs() < 1e-9);
         let text = metrics.encode(&NodeSnapshot {
             active_sessions: 3,
+            active_conversations: 2,
             uptime: Duration::from_secs(9),
             store_up: true,
             models: vec![ModelSample {

@@ -70,6 +70,7 @@ pub async fn serve(ctx: Arc<AppContext>, shutdown: impl Future<Output = ()>) -> 
         });
     }
     drop(listener);
+    ctx.closing.send_replace(true);
 
     let grace = Duration::from_secs(server_config.shutdown_grace_secs);
     tracing::info!(

@@ -8,5 +8,6 @@
 //! ModelPool ── ModelWorker (one per loaded model)
 //! ```
 
+pub mod conversation;
 pub mod model;
 pub mod session;

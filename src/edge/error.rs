@@ -5,6 +5,7 @@ use std::convert::Infallible;
 
 use serde::Serialize;
 use serde_json::{json, Value};
+use sting_actors::conversation::ChatError;
 use sting_actors::model::ModelError;
 use sting_actors::session::SessionError;
 use sting_store::StoreError;
@@ -280,6 +281,36 @@ impl From<ModelError> for ApiError {
             ),
             ModelError::WrongKind { .. } | ModelError::InvalidRequest(_) => {
                 ApiError::bad_request(err.to_string())
+            }
+        }
+    }
+}
+
+impl From<ChatError> for ApiError {
+    fn from(err: ChatError) -> ApiError {
+        match err {
+            ChatError::NotFound => ApiError::not_found("conversation"),
+            ChatError::MessageTooLong {
+                tokens,
+                budget,
+                ref model,
+            } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "MESSAGE_TOO_LONG",
+                err.to_string(),
+            )
+            .with_details(json!({
+                "field": "message",
+                "tokens": tokens,
+                "max_allowed_tokens": budget,
+                "model": model,
+            })),
+            ChatError::Invalid { field, reason } => ApiError::validation(field, reason),
+            ChatError::Model(err) => err.into(),
+            ChatError::Store(err) => err.into(),
+            ChatError::Unavailable(message) => {
+                tracing::warn!(error = %message, "conversation service unavailable");
+                ApiError::unavailable("conversation busy; retry shortly")
             }
         }
     }

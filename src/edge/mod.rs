@@ -3,6 +3,7 @@
 
 pub mod admin_api;
 pub mod auth_api;
+pub mod chat_api;
 pub mod error;
 pub mod json;
 pub mod models_api;
@@ -10,6 +11,7 @@ pub mod openai_api;
 pub mod openapi;
 pub mod rate_limit;
 pub mod system_api;
+pub mod ws;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -43,6 +45,10 @@ pub fn routes(ctx: Arc<AppContext>) -> BoxedFilter<(Response,)> {
         .or(admin_api::routes(ctx.clone()))
         .unify()
         .or(models_api::routes(ctx.clone()))
+        .unify()
+        .or(chat_api::routes(ctx.clone()))
+        .unify()
+        .or(ws::routes(ctx.clone()))
         .unify()
         .or(openai_api::routes(ctx))
         .unify()

@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::{admin_api, auth_api, error, models_api, openai_api, system_api};
+use super::{admin_api, auth_api, chat_api, error, models_api, openai_api, system_api};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +24,8 @@ use super::{admin_api, auth_api, error, models_api, openai_api, system_api};
         admin_api::deactivate_user, admin_api::activate_user,
         models_api::list_models, models_api::model_status, models_api::load_model,
         models_api::unload_model,
+        chat_api::send_message, chat_api::list_conversations, chat_api::get_conversation,
+        chat_api::delete_conversation, chat_api::token_usage, chat_api::prune_conversation,
         openai_api::list_models, openai_api::embeddings, openai_api::chat_completions,
         openapi_json,
     ),

@@ -370,6 +370,7 @@ pub async fn prometheus(ctx: Arc<AppContext>) -> Response {
         .collect();
     let text = ctx.metrics.encode(&NodeSnapshot {
         active_sessions: ctx.identity.sessions().active_count(),
+        active_conversations: ctx.chat.active_count(),
         uptime: ctx.started_at.elapsed(),
         store_up,
         models,

@@ -1,6 +1,7 @@
 //! `sting-store`: the source of truth of a Sting node or cluster.
 //!
-//! Everything durable (users, sessions, leases; later conversations, jars, documents, chunks)
+//! Everything durable (users, sessions, leases, conversations and their messages; later jars,
+//! documents, chunks)
 //! goes through the [`Store`] trait. Actors are caches with behaviour: they rebuild from the
 //! store and acknowledge a client only after the store accepted the write.
 //!
@@ -20,7 +21,11 @@ mod tests;
 use async_trait::async_trait;
 
 pub use error::StoreError;
-pub use model::{Lease, Page, Role, Session, Timestamp, User, UserId};
+pub use model::{
+    conversation_lease_key, Conversation, ConversationId, ConversationSort, Lease, Message,
+    MessageRole, MessageStatus, Page, PruningRecord, Role, Session, SortOrder, Timestamp, User,
+    UserId,
+};
 pub use sqlite::SqliteStore;
 
 /// Result of every store operation.
@@ -112,4 +117,47 @@ pub trait Store: Send + Sync + 'static {
 
     /// The current state of a lease, if it was ever taken.
     async fn lease(&self, key: &str) -> StoreResult<Option<Lease>>;
+
+    // ---- conversations: written by their owner only, fenced by its lease ----
+
+    /// Writes a conversation's record together with its new messages, in one atomic step,
+    /// provided `lease` is still the current tenure of the conversation's lease
+    /// ([`StoreError::StaleLease`] otherwise, and nothing is written).
+    ///
+    /// `create` inserts the record ([`StoreError::Conflict`] when it exists); otherwise the
+    /// record must exist ([`StoreError::NotFound`] once the conversation was deleted, so a
+    /// deletion is never undone by a late write). Re-writing a message with the same
+    /// `(conversation_id, seq)` and id is a no-op, which makes retries safe.
+    async fn save_conversation(
+        &self,
+        lease: &Lease,
+        conversation: &Conversation,
+        new_messages: &[Message],
+        create: bool,
+    ) -> StoreResult<()>;
+
+    /// Reads a conversation's record.
+    async fn conversation(&self, id: ConversationId) -> StoreResult<Option<Conversation>>;
+
+    /// One page of a user's conversations in the given order, and how many they have.
+    async fn list_conversations(
+        &self,
+        user_id: UserId,
+        sort: ConversationSort,
+        order: SortOrder,
+        page: Page,
+    ) -> StoreResult<(Vec<Conversation>, u64)>;
+
+    /// Up to `limit` messages of a conversation with `seq >= from_seq`, in order.
+    async fn messages(
+        &self,
+        conversation_id: ConversationId,
+        from_seq: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<Message>>;
+
+    /// Deletes a conversation with all its messages and its summary. Returns whether it
+    /// existed. Not fenced: the user's decision wins over an owner's later writes, which
+    /// then fail with [`StoreError::NotFound`].
+    async fn delete_conversation(&self, id: ConversationId) -> StoreResult<bool>;
 }

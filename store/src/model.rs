@@ -98,3 +98,130 @@ pub struct Page {
     pub limit: u32,
     pub offset: u64,
 }
+
+/// Identifier of a conversation (a random UUID, so ids cannot be guessed).
+pub type ConversationId = Uuid;
+
+/// A conversation's record: what listings show and what its actor needs besides messages.
+/// Written only by the conversation's owner, under its lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conversation {
+    pub id: ConversationId,
+    pub user_id: UserId,
+    /// Derived from the first user message.
+    pub title: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// Model of the latest answer (token usage is counted with its tokenizer).
+    pub model: String,
+    /// Messages are numbered 1..=message_count without gaps.
+    pub message_count: u64,
+    /// A preview of the latest message.
+    pub last_message: String,
+    /// Running summary of the pruned messages, injected into the prompt.
+    pub summary: Option<String>,
+    /// Messages with `seq <= pruned_through` are summarised and no longer sent to the model
+    /// (they stay in the history, marked pruned). 0 when nothing was pruned.
+    pub pruned_through: u64,
+    pub last_pruning: Option<PruningRecord>,
+}
+
+/// What the latest pruning did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruningRecord {
+    pub timestamp: Timestamp,
+    pub messages_pruned: u64,
+    pub tokens_before: u64,
+    pub tokens_after: u64,
+    /// True when the conversation outgrew its budget and was pruned before a request.
+    pub automatic: bool,
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageRole {
+    User,
+    Assistant,
+}
+
+impl MessageRole {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageRole::User => "user",
+            MessageRole::Assistant => "assistant",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<MessageRole> {
+        match s {
+            "user" => Some(MessageRole::User),
+            "assistant" => Some(MessageRole::Assistant),
+            _ => None,
+        }
+    }
+}
+
+/// How a message came to an end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageStatus {
+    Complete,
+    /// The client stopped the generation; the message holds the partial answer.
+    Cancelled,
+}
+
+impl MessageStatus {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Complete => "complete",
+            MessageStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<MessageStatus> {
+        match s {
+            "complete" => Some(MessageStatus::Complete),
+            "cancelled" => Some(MessageStatus::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// One message of a conversation. Immutable once written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub conversation_id: ConversationId,
+    /// Position in the conversation, from 1.
+    pub seq: u64,
+    pub id: Uuid,
+    pub role: MessageRole,
+    pub content: String,
+    /// The model that wrote an assistant message.
+    pub model: Option<String>,
+    pub status: MessageStatus,
+    pub created_at: Timestamp,
+}
+
+/// Which timestamp orders a conversation listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConversationSort {
+    CreatedAt,
+    UpdatedAt,
+}
+
+/// Direction of a listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortOrder {
+    Asc,
+    Desc,
+}
+
+/// The lease key that fences writes to a conversation.
+pub fn conversation_lease_key(id: ConversationId) -> String {
+    format!("conversation:{id}")
+}

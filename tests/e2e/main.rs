@@ -3,8 +3,10 @@
 
 mod admin;
 mod auth;
+mod chat;
 mod edge;
 mod harness;
 mod models;
 mod openai;
 mod system;
+mod ws;

@@ -83,15 +83,20 @@ impl ChatTemplate {
             prompt.push_str(&self.system.replace("{content}", system));
         }
         for message in messages {
-            let pattern = match message.role {
-                Role::System => &self.system,
-                Role::User => &self.user,
-                Role::Assistant => &self.assistant,
-            };
-            prompt.push_str(&pattern.replace("{content}", &message.content));
+            prompt.push_str(&self.segment(message.role, &message.content));
         }
         prompt.push_str(&self.generation_prompt);
         prompt
+    }
+
+    /// The rendered text of one message (what it adds to a prompt).
+    pub fn segment(&self, role: Role, content: &str) -> String {
+        let pattern = match role {
+            Role::System => &self.system,
+            Role::User => &self.user,
+            Role::Assistant => &self.assistant,
+        };
+        pattern.replace("{content}", content)
     }
 }
 

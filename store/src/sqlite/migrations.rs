@@ -31,6 +31,38 @@ pub(super) const MIGRATIONS: &[&str] = &[
         epoch INTEGER NOT NULL,
         expires_at INTEGER NOT NULL
     );",
+    // 2: conversations and their messages
+    "CREATE TABLE conversations (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        title TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        message_count INTEGER NOT NULL,
+        last_message TEXT NOT NULL,
+        summary TEXT,
+        pruned_through INTEGER NOT NULL,
+        -- the latest pruning: all NULL, or all set
+        pruning_at INTEGER,
+        pruning_messages INTEGER,
+        pruning_tokens_before INTEGER,
+        pruning_tokens_after INTEGER,
+        pruning_automatic INTEGER
+    );
+    CREATE INDEX conversations_by_creation ON conversations(user_id, created_at, id);
+    CREATE INDEX conversations_by_update ON conversations(user_id, updated_at, id);
+    CREATE TABLE messages (
+        conversation_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        role TEXT NOT NULL,
+        content TEXT NOT NULL,
+        model TEXT,
+        status TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (conversation_id, seq)
+    ) WITHOUT ROWID;",
 ];
 
 /// Applies every migration newer than the file's `user_version`, each in its own transaction.

@@ -14,7 +14,11 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use uuid::Uuid;
 
-use crate::{Lease, Page, Role, Session, Store, StoreError, StoreResult, Timestamp, User, UserId};
+use crate::{
+    conversation_lease_key, Conversation, ConversationId, ConversationSort, Lease, Message,
+    MessageRole, MessageStatus, Page, PruningRecord, Role, Session, SortOrder, Store, StoreError,
+    StoreResult, Timestamp, User, UserId,
+};
 
 const READER_CONNECTIONS: usize = 4;
 /// How long a statement waits for another process's write lock before giving up.
@@ -179,6 +183,163 @@ fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
         expires_at: Timestamp(row.get(4)?),
         last_seen_at: Timestamp(row.get(5)?),
     })
+}
+
+const CONVERSATION_COLUMNS: &str = "id, user_id, title, created_at, updated_at, model,
+    message_count, last_message, summary, pruned_through, pruning_at, pruning_messages,
+    pruning_tokens_before, pruning_tokens_after, pruning_automatic";
+
+fn conversation_from_row(row: &Row<'_>) -> rusqlite::Result<Conversation> {
+    let last_pruning = match row.get::<_, Option<i64>>(10)? {
+        None => None,
+        Some(at) => Some(PruningRecord {
+            timestamp: Timestamp(at),
+            messages_pruned: row.get::<_, i64>(11)? as u64,
+            tokens_before: row.get::<_, i64>(12)? as u64,
+            tokens_after: row.get::<_, i64>(13)? as u64,
+            automatic: row.get(14)?,
+        }),
+    };
+    Ok(Conversation {
+        id: parse_uuid(&row.get::<_, String>(0)?)?,
+        user_id: parse_uuid(&row.get::<_, String>(1)?)?,
+        title: row.get(2)?,
+        created_at: Timestamp(row.get(3)?),
+        updated_at: Timestamp(row.get(4)?),
+        model: row.get(5)?,
+        message_count: row.get::<_, i64>(6)? as u64,
+        last_message: row.get(7)?,
+        summary: row.get(8)?,
+        pruned_through: row.get::<_, i64>(9)? as u64,
+        last_pruning,
+    })
+}
+
+const MESSAGE_COLUMNS: &str = "conversation_id, seq, id, role, content, model, status, created_at";
+
+fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
+    let role: String = row.get(3)?;
+    let status: String = row.get(6)?;
+    Ok(Message {
+        conversation_id: parse_uuid(&row.get::<_, String>(0)?)?,
+        seq: row.get::<_, i64>(1)? as u64,
+        id: parse_uuid(&row.get::<_, String>(2)?)?,
+        role: MessageRole::parse(&role).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                3,
+                rusqlite::types::Type::Text,
+                format!("unknown message role {role:?}").into(),
+            )
+        })?,
+        content: row.get(4)?,
+        model: row.get(5)?,
+        status: MessageStatus::parse(&status).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                6,
+                rusqlite::types::Type::Text,
+                format!("unknown message status {status:?}").into(),
+            )
+        })?,
+        created_at: Timestamp(row.get(7)?),
+    })
+}
+
+/// Writes a conversation's record: inserts it when `create`, else updates its mutable fields.
+fn write_conversation(tx: &Connection, c: &Conversation, create: bool) -> StoreResult<()> {
+    let pruning = c.last_pruning.as_ref();
+    let values = params![
+        c.id.to_string(),
+        c.user_id.to_string(),
+        c.title,
+        c.created_at.0,
+        c.updated_at.0,
+        c.model,
+        c.message_count as i64,
+        c.last_message,
+        c.summary,
+        c.pruned_through as i64,
+        pruning.map(|p| p.timestamp.0),
+        pruning.map(|p| p.messages_pruned as i64),
+        pruning.map(|p| p.tokens_before as i64),
+        pruning.map(|p| p.tokens_after as i64),
+        pruning.map(|p| p.automatic),
+    ];
+    if create {
+        let inserted = tx
+            .execute(
+                &format!(
+                    "INSERT INTO conversations ({CONVERSATION_COLUMNS})
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                     ON CONFLICT DO NOTHING"
+                ),
+                values,
+            )
+            .map_err(map_err)?;
+        if inserted == 0 {
+            return Err(StoreError::Conflict(format!(
+                "conversation {} exists",
+                c.id
+            )));
+        }
+    } else {
+        // The owner and creation time never change; ?2 and ?4 are bound but unused.
+        let updated = tx
+            .execute(
+                "UPDATE conversations SET title = ?3, updated_at = ?5, model = ?6,
+                 message_count = ?7, last_message = ?8, summary = ?9, pruned_through = ?10,
+                 pruning_at = ?11, pruning_messages = ?12, pruning_tokens_before = ?13,
+                 pruning_tokens_after = ?14, pruning_automatic = ?15
+                 WHERE id = ?1",
+                values,
+            )
+            .map_err(map_err)?;
+        if updated == 0 {
+            return Err(StoreError::NotFound {
+                entity: "conversation",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Appends one message; an identical retry (same seq and id) is skipped.
+fn insert_message(tx: &Connection, m: &Message) -> StoreResult<()> {
+    let inserted = tx
+        .execute(
+            &format!(
+                "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT DO NOTHING"
+            ),
+            params![
+                m.conversation_id.to_string(),
+                m.seq as i64,
+                m.id.to_string(),
+                m.role.as_str(),
+                m.content,
+                m.model,
+                m.status.as_str(),
+                m.created_at.0
+            ],
+        )
+        .map_err(map_err)?;
+    if inserted == 1 {
+        return Ok(());
+    }
+    let existing: String = tx
+        .query_row(
+            "SELECT id FROM messages WHERE conversation_id = ?1 AND seq = ?2",
+            params![m.conversation_id.to_string(), m.seq as i64],
+            |row| row.get(0),
+        )
+        .map_err(map_err)?;
+    if existing == m.id.to_string() {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict(format!(
+            "message {} of conversation {} is {existing}, not {}",
+            m.seq, m.conversation_id, m.id
+        )))
+    }
 }
 
 fn lease_from_row(row: &Row<'_>) -> rusqlite::Result<Lease> {
@@ -501,6 +662,135 @@ impl Store for SqliteStore {
                 lease_from_row,
             )
             .optional()
+        })
+        .await
+    }
+
+    async fn save_conversation(
+        &self,
+        lease: &Lease,
+        conversation: &Conversation,
+        new_messages: &[Message],
+        create: bool,
+    ) -> StoreResult<()> {
+        if let Some(stray) = new_messages
+            .iter()
+            .find(|m| m.conversation_id != conversation.id)
+        {
+            return Err(StoreError::Internal(format!(
+                "message {} belongs to conversation {}, not {}",
+                stray.id, stray.conversation_id, conversation.id
+            )));
+        }
+        let (lease, conversation, new_messages) =
+            (lease.clone(), conversation.clone(), new_messages.to_vec());
+        self.write(move |tx| {
+            // A lease on another key, even a current one, does not fence this conversation.
+            if lease.key != conversation_lease_key(conversation.id) {
+                return Err(StoreError::StaleLease {
+                    key: lease.key,
+                    epoch: lease.epoch,
+                });
+            }
+            check_tenure(tx, &lease)?;
+            write_conversation(tx, &conversation, create)?;
+            for message in &new_messages {
+                insert_message(tx, message)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn conversation(&self, id: ConversationId) -> StoreResult<Option<Conversation>> {
+        self.read(move |conn| {
+            conn.query_row(
+                &format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?1"),
+                [id.to_string()],
+                conversation_from_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn list_conversations(
+        &self,
+        user_id: UserId,
+        sort: ConversationSort,
+        order: SortOrder,
+        page: Page,
+    ) -> StoreResult<(Vec<Conversation>, u64)> {
+        let column = match sort {
+            ConversationSort::CreatedAt => "created_at",
+            ConversationSort::UpdatedAt => "updated_at",
+        };
+        let direction = match order {
+            SortOrder::Asc => "ASC",
+            SortOrder::Desc => "DESC",
+        };
+        self.read(move |conn| {
+            let user_id = user_id.to_string();
+            let total: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM conversations WHERE user_id = ?1",
+                [&user_id],
+                |row| row.get(0),
+            )?;
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE user_id = ?1
+                 ORDER BY {column} {direction}, id {direction} LIMIT ?2 OFFSET ?3"
+            ))?;
+            let conversations = stmt
+                .query_map(
+                    params![
+                        user_id,
+                        page.limit as i64,
+                        page.offset.min(i64::MAX as u64) as i64
+                    ],
+                    conversation_from_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((conversations, total as u64))
+        })
+        .await
+    }
+
+    async fn messages(
+        &self,
+        conversation_id: ConversationId,
+        from_seq: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<Message>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND seq >= ?2
+                 ORDER BY seq LIMIT ?3"
+            ))?;
+            let messages = stmt
+                .query_map(
+                    params![
+                        conversation_id.to_string(),
+                        from_seq.min(i64::MAX as u64) as i64,
+                        limit as i64
+                    ],
+                    message_from_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(messages)
+        })
+        .await
+    }
+
+    async fn delete_conversation(&self, id: ConversationId) -> StoreResult<bool> {
+        self.write(move |tx| {
+            let id = id.to_string();
+            // The lease row stays: its epoch must never restart (see `release_lease`).
+            tx.execute("DELETE FROM messages WHERE conversation_id = ?1", [&id])
+                .map_err(map_err)?;
+            let deleted = tx
+                .execute("DELETE FROM conversations WHERE id = ?1", [&id])
+                .map_err(map_err)?;
+            Ok(deleted == 1)
         })
         .await
     }

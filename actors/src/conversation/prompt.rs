@@ -1,0 +1,110 @@
+//! What the model is sent for a turn, and what that costs in tokens.
+//!
+//! The prompt is: one system message (Bee's configured prompt, then the running summary of
+//! pruned messages, then retrieved passages when the turn names honey jars), the messages not
+//! yet pruned, and the template's generation prompt. Token usage counts each rendered message
+//! with the model's tokenizer, so `total` is exactly what the conversation costs the model.
+
+use serde::Serialize;
+use sting_store::{Message, MessageRole};
+
+use super::tokens::TokenCounter;
+use crate::model::manifest::ChatTemplate;
+use crate::model::{ChatMessage, ModelError, Role};
+
+/// A passage retrieved from a honey jar for a turn (see [`super::Retriever`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Passage {
+    pub title: String,
+    pub content: String,
+}
+
+/// The system message of a turn.
+pub fn system_text(system_prompt: &str, summary: Option<&str>, passages: &[Passage]) -> String {
+    let mut text = system_prompt.trim().to_owned();
+    if let Some(summary) = summary.filter(|s| !s.trim().is_empty()) {
+        text.push_str("\n\nSummary of the earlier conversation:\n");
+        text.push_str(summary.trim());
+    }
+    if !passages.is_empty() {
+        text.push_str("\n\nAnswer from these sources when they are relevant and cite them as [n]:");
+        for (n, passage) in passages.iter().enumerate() {
+            text.push_str(&format!(
+                "\n[{}] {}: {}",
+                n + 1,
+                passage.title,
+                passage.content
+            ));
+        }
+    }
+    text
+}
+
+/// The chat messages for the model: the system message, then the conversation.
+pub fn chat_messages(system: &str, messages: &[Message]) -> Vec<ChatMessage> {
+    std::iter::once(ChatMessage {
+        role: Role::System,
+        content: system.to_owned(),
+    })
+    .chain(messages.iter().map(|message| ChatMessage {
+        role: role_of(message.role),
+        content: message.content.clone(),
+    }))
+    .collect()
+}
+
+fn role_of(role: MessageRole) -> Role {
+    match role {
+        MessageRole::User => Role::User,
+        MessageRole::Assistant => Role::Assistant,
+    }
+}
+
+/// Tokens of a conversation's context by who wrote them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TokenUsage {
+    pub system: u64,
+    pub user: u64,
+    pub assistant: u64,
+}
+
+impl TokenUsage {
+    pub fn total(&self) -> u64 {
+        self.system + self.user + self.assistant
+    }
+}
+
+/// Counts rendered messages with one model's tokenizer and template.
+pub struct PromptCounter<'a> {
+    pub counter: &'a TokenCounter,
+    pub template: &'a ChatTemplate,
+}
+
+impl PromptCounter<'_> {
+    /// Tokens that one message adds to the prompt (its content and the template around it).
+    pub fn message(&self, role: Role, content: &str) -> Result<u64, ModelError> {
+        let tokens = self.counter.count(&self.template.segment(role, content))?;
+        Ok(tokens as u64)
+    }
+
+    /// Tokens of the system message and of each message.
+    pub fn usage(&self, system: &str, messages: &[Message]) -> Result<TokenUsage, ModelError> {
+        let mut usage = TokenUsage {
+            system: self.message(Role::System, system)?,
+            ..TokenUsage::default()
+        };
+        for message in messages {
+            let tokens = self.message(role_of(message.role), &message.content)?;
+            match message.role {
+                MessageRole::User => usage.user += tokens,
+                MessageRole::Assistant => usage.assistant += tokens,
+            }
+        }
+        Ok(usage)
+    }
+
+    /// Tokens of the generation prompt that ends every request.
+    pub fn generation_prompt(&self) -> Result<u64, ModelError> {
+        Ok(self.counter.count(&self.template.generation_prompt)? as u64)
+    }
+}
