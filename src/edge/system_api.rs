@@ -145,6 +145,7 @@ struct Checks {
     database: ServiceStatus,
     authentication: ServiceStatus,
     llm_service: ServiceStatus,
+    chat: ServiceStatus,
 }
 
 impl Checks {
@@ -161,6 +162,14 @@ impl Checks {
         let llm_service = llm_check(ctx).await;
         Checks {
             llm_service,
+            chat: ServiceStatus {
+                status: if ctx.chat.is_running() {
+                    Health::Healthy
+                } else {
+                    Health::Unhealthy
+                },
+                details: serde_json::json!({ "active_conversation_actors": ctx.chat.active_count() }),
+            },
             database: ServiceStatus {
                 status: db_health,
                 details: serde_json::json!({
@@ -180,15 +189,16 @@ impl Checks {
         }
     }
 
-    /// Without the database nothing works; without sessions or models, some routes still do.
+    /// Without the database nothing works; without sessions, models or chat, some routes still do.
     fn overall(&self) -> Health {
         match (
             self.database.status,
             self.authentication.status,
             self.llm_service.status,
+            self.chat.status,
         ) {
-            (Health::Healthy, Health::Healthy, Health::Healthy) => Health::Healthy,
-            (Health::Healthy, _, _) => Health::Degraded,
+            (Health::Healthy, Health::Healthy, Health::Healthy, Health::Healthy) => Health::Healthy,
+            (Health::Healthy, _, _, _) => Health::Degraded,
             _ => Health::Unhealthy,
         }
     }
@@ -198,6 +208,7 @@ impl Checks {
             ("database", self.database),
             ("authentication", self.authentication),
             ("llm_service", self.llm_service),
+            ("chat", self.chat),
         ])
     }
 }

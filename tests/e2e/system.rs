@@ -12,6 +12,7 @@ async fn health_reports_real_checks() {
     assert_eq!(health.status, StatusCode::OK);
     assert_eq!(health.body["services"]["database"], "healthy");
     assert_eq!(health.body["services"]["authentication"], "healthy");
+    assert_eq!(health.body["services"]["chat"], "healthy");
     // Models are generation's precondition: without the runtime the node is degraded.
     let expected = if crate::harness::onnxruntime_available("health_reports_real_checks") {
         "healthy"
