@@ -5,9 +5,11 @@
 //!
 //! ```text
 //! SessionSupervisor ── SessionActor (one per active login session)
+//! ConversationSupervisor ── ConversationActor (one per active conversation)
 //! ModelPool ── ModelWorker (one per loaded model)
 //! ```
 
 pub mod conversation;
 pub mod model;
 pub mod session;
+mod supervision;

@@ -11,7 +11,6 @@
 //! registered under a name derived from the token hash. A failed session actor is logged and
 //! forgotten; nothing else is restarted.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +18,8 @@ use std::time::Duration;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use sha2::{Digest, Sha256};
 use sting_store::{Role, Session, Store, StoreError, Timestamp, User, UserId};
+
+use crate::supervision::Children;
 use uuid::Uuid;
 
 /// How long an edge request waits for a session actor before failing.
@@ -255,8 +256,7 @@ pub struct SupervisorArgs {
 }
 
 pub struct SupervisorState {
-    active: Arc<AtomicU64>,
-    children: HashSet<ractor::ActorId>,
+    children: Children,
 }
 
 pub enum SupervisorMsg {
@@ -278,8 +278,7 @@ impl Actor for SessionSupervisor {
         args: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
         Ok(SupervisorState {
-            active: args.active,
-            children: HashSet::new(),
+            children: Children::new(args.active),
         })
     }
 
@@ -304,21 +303,7 @@ impl Actor for SessionSupervisor {
         event: SupervisionEvent,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let gone = match &event {
-            SupervisionEvent::ActorTerminated(cell, _, _) => Some(cell.get_id()),
-            SupervisionEvent::ActorFailed(cell, err) => {
-                tracing::warn!(actor = %cell.get_id(), error = %err, "session actor failed");
-                Some(cell.get_id())
-            }
-            _ => None,
-        };
-        if let Some(id) = gone {
-            if state.children.remove(&id) {
-                state
-                    .active
-                    .store(state.children.len() as u64, Ordering::Relaxed);
-            }
-        }
+        state.children.on_event(&event, "session");
         Ok(())
     }
 }
@@ -336,10 +321,7 @@ async fn activate(
     let (actor, _) = Actor::spawn_linked(Some(name), SessionActor, args, supervisor)
         .await
         .map_err(|err| SessionError::Unavailable(err.to_string()))?;
-    state.children.insert(actor.get_id());
-    state
-        .active
-        .store(state.children.len() as u64, Ordering::Relaxed);
+    state.children.add(actor.get_id());
     Ok(actor)
 }
 

@@ -14,18 +14,8 @@ use sting_actors::model::pool::{ModelPoolHandle, PoolConfig};
 use sting_store::{conversation_lease_key, SqliteStore, Store, StoreError, Timestamp};
 use uuid::Uuid;
 
-fn ort_library(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from) {
-        Some(path) if path.is_file() => Some(path),
-        _ if std::env::var("STING_REQUIRE_ORT").is_ok_and(|v| v == "1") => {
-            panic!("{test}: ORT_DYLIB_PATH must name the ONNX Runtime library")
-        }
-        _ => {
-            eprintln!("SKIP {test}: set ORT_DYLIB_PATH to the ONNX Runtime library to run it");
-            None
-        }
-    }
-}
+mod common;
+use common::ort_library;
 
 struct Node {
     store: Arc<dyn Store>,

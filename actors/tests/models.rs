@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
+
+mod common;
+use common::ort_library;
 use sting_actors::model::pool::{ModelPoolHandle, PoolConfig};
 use sting_actors::model::worker::GenerateRequest;
 use sting_actors::model::{
@@ -18,22 +21,6 @@ use sting_actors::model::{
 
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models")
-}
-
-/// The runtime library, or `None` (after saying SKIP) when the test cannot run here.
-fn ort_library(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from) {
-        Some(path) if path.is_file() => Some(path),
-        _ if std::env::var("STING_REQUIRE_ORT").is_ok_and(|v| v == "1") => {
-            panic!(
-                "{test}: ORT_DYLIB_PATH must name the ONNX Runtime library (STING_REQUIRE_ORT=1)"
-            )
-        }
-        _ => {
-            eprintln!("SKIP {test}: set ORT_DYLIB_PATH to the ONNX Runtime library to run it");
-            None
-        }
-    }
 }
 
 async fn pool(models_dir: &Path, library: PathBuf, max_batch: usize) -> ModelPoolHandle {

@@ -1,7 +1,5 @@
 //! The conversation actor and its supervisor.
 
-use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +21,7 @@ use super::{
 use crate::model::manifest::ChatTemplate;
 use crate::model::worker::GenerateRequest;
 use crate::model::{GenerationEvent, ModelError, ModelKind, Role, SamplingParams};
+use crate::supervision::Children;
 
 /// Characters of a title (from the first message) and of the latest-message preview.
 const TITLE_CHARS: usize = 80;
@@ -36,7 +35,7 @@ pub struct ConversationSupervisor;
 
 pub struct SupervisorState {
     shared: Arc<Shared>,
-    children: HashSet<ractor::ActorId>,
+    children: Children,
 }
 
 pub enum SupervisorMsg {
@@ -58,8 +57,8 @@ impl Actor for ConversationSupervisor {
         shared: Arc<Shared>,
     ) -> Result<SupervisorState, ActorProcessingErr> {
         Ok(SupervisorState {
+            children: Children::new(shared.active.clone()),
             shared,
-            children: HashSet::new(),
         })
     }
 
@@ -80,8 +79,7 @@ impl Actor for ConversationSupervisor {
                     .await
                 {
                     Ok((actor, _)) => {
-                        state.children.insert(actor.get_id());
-                        state.count();
+                        state.children.add(actor.get_id());
                         Ok(actor)
                     }
                     Err(err) => Err(ChatError::Unavailable(err.to_string())),
@@ -98,27 +96,8 @@ impl Actor for ConversationSupervisor {
         event: SupervisionEvent,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let gone = match &event {
-            SupervisionEvent::ActorTerminated(cell, _, _) => Some(cell.get_id()),
-            SupervisionEvent::ActorFailed(cell, err) => {
-                tracing::warn!(actor = %cell.get_id(), error = %err, "conversation actor failed");
-                Some(cell.get_id())
-            }
-            _ => None,
-        };
-        if let Some(id) = gone {
-            if state.children.remove(&id) {
-                state.count();
-            }
-        }
+        state.children.on_event(&event, "conversation");
         Ok(())
-    }
-}
-
-impl SupervisorState {
-    fn count(&self) {
-        let live = self.children.len() as u64;
-        self.shared.active.store(live, Ordering::Relaxed);
     }
 }
 
@@ -465,8 +444,11 @@ async fn run_turn(state: &mut ConversationState, turn: Turn) -> Result<(), ChatE
     };
     let (mut generation, load_time) = shared.pool.generate(&model.name, generate).await?;
     let mut content = String::new();
+    // A long answer must not outlive the lease: it is renewed while the answer streams.
+    let mut renewal = tokio::time::interval(policy.lease_ttl / 3);
     let summary = loop {
         tokio::select! {
+            _ = renewal.tick() => renew_if_due(state).await?,
             event = generation.recv() => match event {
                 Some(GenerationEvent::Text(piece)) => {
                     content.push_str(&piece);

@@ -219,7 +219,7 @@ pub struct Shared {
     policy: ChatPolicy,
     counters: TokenCounters,
     retriever: Option<Arc<dyn Retriever>>,
-    active: AtomicU64,
+    active: Arc<AtomicU64>,
 }
 
 fn actor_name(id: ConversationId) -> String {
@@ -247,7 +247,7 @@ impl ConversationRegistry {
             policy,
             counters: TokenCounters::default(),
             retriever,
-            active: AtomicU64::new(0),
+            active: Arc::new(AtomicU64::new(0)),
         });
         let (supervisor, _) = Actor::spawn(None, actor::ConversationSupervisor, shared.clone())
             .await

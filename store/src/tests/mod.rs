@@ -93,13 +93,9 @@ fn sample_message(conversation: ConversationId, seq: u64, role: MessageRole) -> 
     }
 }
 
-/// Takes the conversation's lease for "node-a" and creates it with `messages`.
-async fn create_conversation(
-    store: &dyn Store,
-    conversation: &Conversation,
-    messages: &[Message],
-) -> Lease {
-    let lease = store
+/// Takes the conversation's lease for "node-a" (from time 0, for 10 s).
+async fn lease_for_node_a(store: &dyn Store, conversation: &Conversation) -> Lease {
+    store
         .acquire_lease(
             &conversation_lease_key(conversation.id),
             "node-a",
@@ -107,7 +103,16 @@ async fn create_conversation(
             Timestamp(0),
         )
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Takes the conversation's lease for "node-a" and creates it with `messages`.
+async fn create_conversation(
+    store: &dyn Store,
+    conversation: &Conversation,
+    messages: &[Message],
+) -> Lease {
+    let lease = lease_for_node_a(store, conversation).await;
     store
         .save_conversation(&lease, conversation, messages, true)
         .await
@@ -517,15 +522,7 @@ pub async fn conversation_writes_need_current_lease(store: &dyn Store) {
 
 pub async fn create_twice_conflicts_and_update_needs_record(store: &dyn Store) {
     let conversation = sample_conversation(Uuid::new_v4(), Uuid::new_v4());
-    let lease = store
-        .acquire_lease(
-            &conversation_lease_key(conversation.id),
-            "node-a",
-            10_000,
-            Timestamp(0),
-        )
-        .await
-        .unwrap();
+    let lease = lease_for_node_a(store, &conversation).await;
     let update = store
         .save_conversation(&lease, &conversation, &[], false)
         .await;
