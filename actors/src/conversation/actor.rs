@@ -13,12 +13,12 @@ use uuid::Uuid;
 
 use super::prompt::{self, PromptCounter};
 use super::pruning::Summariser;
-use super::tokens::TokenCounter;
 use super::{
     actor_name, ChatError, PruneReport, Shared, TurnEvent, TurnOutcome, TurnRequest, UsageReport,
     MAX_ACTIVE_MESSAGES,
 };
 use crate::model::manifest::ChatTemplate;
+use crate::model::tokens::TokenCounter;
 use crate::model::worker::GenerateRequest;
 use crate::model::{GenerationEvent, ModelError, ModelKind, Role, SamplingParams};
 use crate::supervision::Children;

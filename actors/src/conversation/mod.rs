@@ -19,7 +19,6 @@
 mod actor;
 mod prompt;
 mod pruning;
-mod tokens;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -36,11 +35,11 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::model::pool::ModelPoolHandle;
+use crate::model::tokens::TokenCounters;
 use crate::model::ModelError;
 use actor::{ConversationMsg, SupervisorMsg};
 
 pub use prompt::{Passage, TokenUsage};
-pub use tokens::{TokenCounter, TokenCounters};
 
 /// How long a quick call to a conversation actor (usage) may wait; longer for pruning, which
 /// runs the model.

@@ -8,8 +8,8 @@
 use serde::Serialize;
 use sting_store::{Message, MessageRole};
 
-use super::tokens::TokenCounter;
 use crate::model::manifest::ChatTemplate;
+use crate::model::tokens::TokenCounter;
 use crate::model::{ChatMessage, ModelError, Role};
 
 /// A passage retrieved from a honey jar for a turn (see [`super::Retriever`]).

@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod pool;
 pub mod runtime;
 pub mod sampling;
+pub mod tokens;
 pub mod worker;
 
 use std::path::PathBuf;

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::model::{ModelDir, ModelError};
+use super::{ModelDir, ModelError};
 
 /// Counts tokens the way one model sees them.
 pub enum TokenCounter {
