@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sting_actors::conversation::ConversationRegistry;
+use sting_actors::ingestion::blobs::{BlobStore, MasterKey};
+use sting_actors::ingestion::pipeline::{self, IngestionHandle};
 use sting_actors::model::pool::ModelPoolHandle;
 use sting_actors::session::SessionRegistry;
 use sting_cluster::NodeId;
@@ -14,6 +16,7 @@ use sting_store::{SqliteStore, Store, Timestamp};
 use crate::config::Config;
 use crate::edge::rate_limit::RateLimits;
 use crate::identity::IdentityService;
+use crate::knowledge::KnowledgeService;
 use crate::metrics::{HostSampler, Metrics};
 
 /// Everything a request handler may need.
@@ -24,6 +27,7 @@ pub struct AppContext {
     pub identity: IdentityService,
     pub models: ModelPoolHandle,
     pub chat: ConversationRegistry,
+    pub knowledge: KnowledgeService,
     pub rate_limits: RateLimits,
     pub metrics: Metrics,
     pub host: Arc<HostSampler>,
@@ -79,6 +83,37 @@ impl AppContext {
                 .await
                 .context("starting the conversation supervisor")?;
 
+        let master_key = MasterKey::load_or_create(&config.data_dir.join("keys/master.key"))
+            .context("loading the node's master key")?;
+        let blobs = BlobStore::new(config.data_dir.join("blobs"));
+        let ingestion = IngestionHandle::start(pipeline::Context {
+            store: store.clone(),
+            pool: models.clone(),
+            blobs: blobs.clone(),
+            master_key: master_key.clone(),
+            config: config.ingestion_config(),
+            counters: Default::default(),
+        })
+        .await
+        .context("starting the ingestion pipeline")?;
+        let resumed = ingestion
+            .resume_interrupted(store.as_ref())
+            .await
+            .context("resuming interrupted ingestion")?;
+        if resumed > 0 {
+            tracing::info!(
+                documents = resumed,
+                "resuming documents interrupted by a restart"
+            );
+        }
+        let knowledge = KnowledgeService::new(
+            store.clone(),
+            blobs,
+            master_key,
+            ingestion,
+            config.knowledge.max_upload_bytes,
+        );
+
         let bootstrap = &config.bootstrap;
         if !bootstrap.admin_email.is_empty() {
             let created = identity
@@ -108,6 +143,7 @@ impl AppContext {
             identity,
             models,
             chat,
+            knowledge,
         });
         let tasks = vec![
             host.spawn(),
@@ -140,6 +176,7 @@ impl AppContext {
         background.stop();
         // Conversation actors release their leases, so another node can take over at once.
         self.chat.shutdown().await;
+        self.knowledge.ingestion().shutdown().await;
         self.identity.sessions().shutdown().await;
         match self.store.flush().await {
             Ok(()) => tracing::info!("store flushed"),

@@ -22,6 +22,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "rate_limits",
     "models",
     "chat",
+    "knowledge",
     "logging",
     "bootstrap",
 ];
@@ -39,6 +40,7 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     pub models: ModelsConfig,
     pub chat: ChatConfig,
+    pub knowledge: KnowledgeConfig,
     pub logging: LoggingConfig,
     pub bootstrap: BootstrapConfig,
 }
@@ -132,6 +134,18 @@ pub struct ChatConfig {
     pub ws_ping_interval_secs: u64,
     pub ws_idle_timeout_secs: u64,
     pub ws_max_frame_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnowledgeConfig {
+    pub max_upload_bytes: u64,
+    pub embedding_model: String,
+    pub chunk_max_tokens: usize,
+    pub chunk_overlap_tokens: usize,
+    pub ingestion_concurrency: usize,
+    pub ingestion_queue_depth: usize,
+    pub embed_batch: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -289,6 +303,19 @@ impl Config {
         if !(0.0..=2.0).contains(&chat.default_temperature) {
             return invalid("chat.default_temperature must be within 0..=2");
         }
+        let knowledge = &self.knowledge;
+        if knowledge.max_upload_bytes == 0
+            || knowledge.ingestion_concurrency == 0
+            || knowledge.embed_batch == 0
+            || knowledge.chunk_max_tokens < 16
+        {
+            return invalid("knowledge limits must be positive (chunk_max_tokens at least 16)");
+        }
+        if knowledge.chunk_overlap_tokens >= knowledge.chunk_max_tokens / 2 {
+            return invalid(
+                "knowledge.chunk_overlap_tokens must be under half of chunk_max_tokens",
+            );
+        }
         if self.server.tls_cert_path.is_empty() != self.server.tls_key_path.is_empty() {
             return invalid("server.tls_cert_path and server.tls_key_path go together");
         }
@@ -366,6 +393,31 @@ impl Config {
             max_message_chars: chat.max_message_chars,
             lease_ttl: Duration::from_secs(chat.lease_ttl_secs),
             idle_timeout: Duration::from_secs(chat.actor_idle_secs),
+        }
+    }
+}
+
+impl Config {
+    /// How documents are processed on this node.
+    pub fn ingestion_config(&self) -> sting_actors::ingestion::pipeline::IngestionConfig {
+        let knowledge = &self.knowledge;
+        sting_actors::ingestion::pipeline::IngestionConfig {
+            embedding_model: self.embedding_model(),
+            chunking: sting_actors::ingestion::chunk::ChunkingConfig {
+                max_tokens: knowledge.chunk_max_tokens,
+                overlap_tokens: knowledge.chunk_overlap_tokens,
+            },
+            concurrency: knowledge.ingestion_concurrency,
+            queue_depth: knowledge.ingestion_queue_depth,
+            embed_batch: knowledge.embed_batch,
+        }
+    }
+
+    /// The model that embeds honey-jar chunks.
+    pub fn embedding_model(&self) -> String {
+        match self.knowledge.embedding_model.as_str() {
+            "" => self.models.default_embedding_model.clone(),
+            name => name.to_owned(),
         }
     }
 }

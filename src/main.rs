@@ -4,6 +4,7 @@ mod app;
 mod config;
 mod edge;
 mod identity;
+mod knowledge;
 mod metrics;
 mod models;
 mod server;

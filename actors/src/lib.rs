@@ -10,6 +10,7 @@
 //! ```
 
 pub mod conversation;
+pub mod ingestion;
 pub mod model;
 pub mod session;
 mod supervision;

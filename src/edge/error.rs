@@ -15,6 +15,7 @@ use warp::reply::Response;
 use warp::{Rejection, Reply};
 
 use crate::identity::IdentityError;
+use crate::knowledge::KnowledgeError;
 
 tokio::task_local! {
     /// The id of the request being served, set by the edge around each request.
@@ -311,6 +312,36 @@ impl From<ChatError> for ApiError {
             ChatError::Unavailable(message) => {
                 tracing::warn!(error = %message, "conversation service unavailable");
                 ApiError::unavailable("conversation busy; retry shortly")
+            }
+        }
+    }
+}
+
+impl From<KnowledgeError> for ApiError {
+    fn from(err: KnowledgeError) -> ApiError {
+        use sting_actors::ingestion::pipeline::IngestionError;
+        match err {
+            KnowledgeError::NotFound(what) => ApiError::not_found(what),
+            KnowledgeError::Forbidden(message) => ApiError::permission_denied(message),
+            KnowledgeError::Invalid { field, reason } => ApiError::validation(field, reason),
+            KnowledgeError::TooLarge { limit } => ApiError::payload_too_large(limit),
+            KnowledgeError::Ingestion(IngestionError::Busy) => {
+                ApiError::unavailable("the ingestion queue is full; retry shortly")
+            }
+            KnowledgeError::Ingestion(IngestionError::Store(err)) | KnowledgeError::Store(err) => {
+                err.into()
+            }
+            KnowledgeError::Ingestion(IngestionError::Unavailable(message)) => {
+                tracing::error!(error = %message, "ingestion pipeline unavailable");
+                ApiError::unavailable("document processing is unavailable")
+            }
+            KnowledgeError::Blob(err) => {
+                tracing::error!(error = %err, "document storage failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "STORAGE_ERROR",
+                    "file storage operation failed",
+                )
             }
         }
     }

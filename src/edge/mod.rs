@@ -6,6 +6,7 @@ pub mod auth_api;
 pub mod chat_api;
 pub mod error;
 pub mod json;
+pub mod knowledge_api;
 pub mod models_api;
 pub mod openai_api;
 pub mod openapi;
@@ -49,6 +50,8 @@ pub fn routes(ctx: Arc<AppContext>) -> BoxedFilter<(Response,)> {
         .or(chat_api::routes(ctx.clone()))
         .unify()
         .or(ws::routes(ctx.clone()))
+        .unify()
+        .or(knowledge_api::routes(ctx.clone()))
         .unify()
         .or(openai_api::routes(ctx))
         .unify()
@@ -129,7 +132,11 @@ where
             err.into_response()
         }
     };
-    let limit = ctx.config.limits.max_body_bytes;
+    // Uploads have their own, larger limit (checked again, exactly, while the file streams in).
+    let limit = match category {
+        Some(Category::Upload) => ctx.knowledge.max_upload_bytes() + 64 * 1024,
+        _ => ctx.config.limits.max_body_bytes,
+    };
     if content_length(request.headers()).is_some_and(|len| len > limit) {
         return (error_response(ApiError::payload_too_large(limit)), None);
     }

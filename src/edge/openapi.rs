@@ -7,7 +7,9 @@ use utoipa::{Modify, OpenApi};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::{admin_api, auth_api, chat_api, error, models_api, openai_api, system_api};
+use super::{
+    admin_api, auth_api, chat_api, error, knowledge_api, models_api, openai_api, system_api,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,6 +28,10 @@ use super::{admin_api, auth_api, chat_api, error, models_api, openai_api, system
         models_api::unload_model,
         chat_api::send_message, chat_api::list_conversations, chat_api::get_conversation,
         chat_api::delete_conversation, chat_api::token_usage, chat_api::prune_conversation,
+        knowledge_api::create_jar, knowledge_api::list_jars, knowledge_api::get_jar,
+        knowledge_api::update_jar, knowledge_api::share_jar, knowledge_api::delete_jar,
+        knowledge_api::upload_document, knowledge_api::list_documents,
+        knowledge_api::get_document, knowledge_api::delete_document,
         openai_api::list_models, openai_api::embeddings, openai_api::chat_completions,
         openapi_json,
     ),

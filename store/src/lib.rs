@@ -1,7 +1,7 @@
 //! `sting-store`: the source of truth of a Sting node or cluster.
 //!
-//! Everything durable (users, sessions, leases, conversations and their messages; later jars,
-//! documents, chunks)
+//! Everything durable (users, sessions, leases, conversations and their messages, honey jars,
+//! documents, chunks with their embeddings)
 //! goes through the [`Store`] trait. Actors are caches with behaviour: they rebuild from the
 //! store and acknowledge a client only after the store accepted the write.
 //!
@@ -22,9 +22,10 @@ use async_trait::async_trait;
 
 pub use error::StoreError;
 pub use model::{
-    conversation_lease_key, Conversation, ConversationId, ConversationSort, Lease, Message,
+    conversation_lease_key, Chunk, Conversation, ConversationId, ConversationSort, Document,
+    DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings, Lease, Message,
     MessageRole, MessageStatus, Page, PruningRecord, Role, Session, SortOrder, Timestamp, User,
-    UserId,
+    UserId, Visibility,
 };
 pub use sqlite::SqliteStore;
 
@@ -160,4 +161,77 @@ pub trait Store: Send + Sync + 'static {
     /// existed. Not fenced: the user's decision wins over an owner's later writes, which
     /// then fail with [`StoreError::NotFound`].
     async fn delete_conversation(&self, id: ConversationId) -> StoreResult<bool>;
+
+    // ---- honey jars, documents, chunks ----
+
+    /// Creates a jar ([`StoreError::Conflict`] when the id exists).
+    async fn create_jar(&self, jar: &HoneyJar) -> StoreResult<()>;
+
+    /// Reads a jar.
+    async fn jar(&self, id: JarId) -> StoreResult<Option<HoneyJar>>;
+
+    /// Replaces a jar's mutable fields (name, description, visibility, tags, settings,
+    /// shared_with, wrapped_key, updated_at); counts are left alone.
+    /// [`StoreError::NotFound`] for an unknown id.
+    async fn update_jar(&self, jar: &HoneyJar) -> StoreResult<()>;
+
+    /// Adds to a jar's document and embedding counts (negative to subtract; never below 0).
+    async fn adjust_jar_counts(
+        &self,
+        id: JarId,
+        documents: i64,
+        embeddings: i64,
+    ) -> StoreResult<()>;
+
+    /// Deletes a jar with all its documents and chunks, in one step. Returns whether it existed.
+    async fn delete_jar(&self, id: JarId) -> StoreResult<bool>;
+
+    /// One page of the jars matching `query` (newest first), and how many match.
+    async fn list_jars(&self, query: &JarQuery) -> StoreResult<(Vec<HoneyJar>, u64)>;
+
+    /// Every jar `reader` may read (owned, shared with them, public), without paging: the
+    /// candidate set of a search. Bounded by what one user can reach.
+    async fn readable_jars(&self, reader: UserId) -> StoreResult<Vec<HoneyJar>>;
+
+    /// Creates a document record ([`StoreError::NotFound`] when its jar is gone).
+    async fn create_document(&self, document: &Document) -> StoreResult<()>;
+
+    /// Reads a document.
+    async fn document(&self, id: DocumentId) -> StoreResult<Option<Document>>;
+
+    /// Replaces a document's record (status, progress, counts, metadata...).
+    /// [`StoreError::NotFound`] once it was deleted, so a late pipeline write never
+    /// resurrects it.
+    async fn update_document(&self, document: &Document) -> StoreResult<()>;
+
+    /// One page of a jar's documents (newest first), and how many it has.
+    async fn list_documents(&self, jar_id: JarId, page: Page) -> StoreResult<(Vec<Document>, u64)>;
+
+    /// Documents with a given status across all jars, oldest first (at most `limit`): at start,
+    /// the ones a crash left `processing`.
+    async fn documents_with_status(
+        &self,
+        status: DocumentStatus,
+        limit: u32,
+    ) -> StoreResult<Vec<Document>>;
+
+    /// Deletes a document and its chunks. Returns the deleted record, if it existed.
+    async fn delete_document(&self, id: DocumentId) -> StoreResult<Option<Document>>;
+
+    /// Stores a document's chunks (with embeddings) and its updated record together, in one
+    /// step, replacing chunks stored before (a re-run of the pipeline). [`StoreError::NotFound`]
+    /// when the document was deleted meanwhile (nothing is written).
+    async fn save_chunks(&self, document: &Document, chunks: &[Chunk]) -> StoreResult<()>;
+
+    /// A document's chunks in order.
+    async fn document_chunks(&self, document_id: DocumentId) -> StoreResult<Vec<Chunk>>;
+
+    /// A page of a jar's chunks, ordered by (document_id, seq), strictly after `after` (a
+    /// cursor: the last chunk of the previous page): how a shard index is rebuilt.
+    async fn jar_chunks(
+        &self,
+        jar_id: JarId,
+        after: Option<(DocumentId, u32)>,
+        limit: u32,
+    ) -> StoreResult<Vec<Chunk>>;
 }

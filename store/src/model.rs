@@ -225,3 +225,170 @@ pub enum SortOrder {
 pub fn conversation_lease_key(id: ConversationId) -> String {
     format!("conversation:{id}")
 }
+
+/// Identifier of a honey jar (a knowledge collection).
+pub type JarId = Uuid;
+/// Identifier of a document in a honey jar.
+pub type DocumentId = Uuid;
+
+/// Who may read a honey jar (its owner and admins always may).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// The owner only.
+    Private,
+    /// The owner and the users it is shared with.
+    Shared,
+    /// Every authenticated user.
+    Public,
+}
+
+impl Visibility {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Private => "private",
+            Visibility::Shared => "shared",
+            Visibility::Public => "public",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Visibility> {
+        match s {
+            "private" => Some(Visibility::Private),
+            "shared" => Some(Visibility::Shared),
+            "public" => Some(Visibility::Public),
+            _ => None,
+        }
+    }
+}
+
+/// A honey jar's switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JarSettings {
+    /// Whether readers other than the owner may search and ask it.
+    pub allow_search: bool,
+    /// Whether it may be exported (HJX).
+    pub allow_export: bool,
+    /// Whether its document originals are encrypted at rest.
+    pub encryption_enabled: bool,
+}
+
+/// A knowledge collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoneyJar {
+    pub id: JarId,
+    pub owner_id: UserId,
+    pub name: String,
+    pub description: String,
+    pub visibility: Visibility,
+    pub tags: Vec<String>,
+    pub settings: JarSettings,
+    /// Users a `Shared` jar is shared with (ignored for other visibilities).
+    pub shared_with: Vec<UserId>,
+    /// The jar's data key wrapped (encrypted) by the node's key, when encryption is enabled.
+    pub wrapped_key: Option<Vec<u8>>,
+    /// Processed documents and their embeddings; maintained by [`crate::Store::adjust_jar_counts`].
+    pub document_count: u64,
+    pub embedding_count: u64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// Which jars a listing returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JarQuery {
+    /// Only jars this user may read; `None` for every jar (admins).
+    pub reader: Option<UserId>,
+    pub visibility: Option<Visibility>,
+    pub owner: Option<UserId>,
+    /// Jars carrying this tag.
+    pub tag: Option<String>,
+    /// Case-insensitive substring of the name or description.
+    pub search: Option<String>,
+    pub page: Page,
+}
+
+/// Where a document is in the ingestion pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DocumentStatus {
+    Processing,
+    Processed,
+    Failed,
+}
+
+impl DocumentStatus {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DocumentStatus::Processing => "processing",
+            DocumentStatus::Processed => "processed",
+            DocumentStatus::Failed => "failed",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<DocumentStatus> {
+        match s {
+            "processing" => Some(DocumentStatus::Processing),
+            "processed" => Some(DocumentStatus::Processed),
+            "failed" => Some(DocumentStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// A document uploaded into a jar. Its original is kept beside the store (a blob file); its
+/// text lives in its chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    pub id: DocumentId,
+    pub jar_id: JarId,
+    /// Who uploaded it.
+    pub uploader_id: UserId,
+    /// Sanitised file name.
+    pub filename: String,
+    pub title: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    /// Bytes of the original.
+    pub size: u64,
+    pub mime_type: String,
+    /// "pdf", "docx", "markdown", "html", "text", "json" or "csv" (detected from the content).
+    pub kind: String,
+    /// Hex SHA-256 of the original.
+    pub sha256: String,
+    pub status: DocumentStatus,
+    /// 0–100 while processing.
+    pub progress: u8,
+    /// Why processing failed.
+    pub error: Option<String>,
+    pub chunk_count: u64,
+    pub embedding_count: u64,
+    pub processing_ms: Option<u64>,
+    pub pages: Option<u32>,
+    pub word_count: u64,
+    /// ISO 639-1 code when detected.
+    pub language: Option<String>,
+    pub uploaded_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A piece of a document's text with its embedding: what search finds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    pub document_id: DocumentId,
+    pub jar_id: JarId,
+    /// Position in the document, from 0.
+    pub seq: u32,
+    pub text: String,
+    /// Page (from 1) where the chunk starts, for paged formats.
+    pub page: Option<u32>,
+    /// The heading of the section the chunk belongs to.
+    pub section: Option<String>,
+    pub token_count: u32,
+    /// Unit vector from the jar's embedding model.
+    pub embedding: Vec<f32>,
+}

@@ -6,6 +6,7 @@ mod auth;
 mod chat;
 mod edge;
 mod harness;
+mod knowledge;
 mod models;
 mod openai;
 mod system;

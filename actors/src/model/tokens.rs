@@ -18,9 +18,15 @@ impl TokenCounter {
     /// encoding when the name is an OpenAI model's.
     pub fn for_model(name: &str, local: Option<&ModelDir>) -> Result<TokenCounter, ModelError> {
         if let Some(dir) = local {
-            return tokenizers::Tokenizer::from_file(dir.tokenizer_path())
-                .map(|tokenizer| TokenCounter::Model(Box::new(tokenizer)))
-                .map_err(|err| ModelError::Tokenizer(err.to_string()));
+            let mut tokenizer = tokenizers::Tokenizer::from_file(dir.tokenizer_path())
+                .map_err(|err| ModelError::Tokenizer(err.to_string()))?;
+            // Counting needs the whole text: a tokenizer.json may carry truncation or padding
+            // settings (MiniLM's truncates at 128), which would under- or over-count.
+            tokenizer
+                .with_truncation(None)
+                .map_err(|err| ModelError::Tokenizer(err.to_string()))?;
+            tokenizer.with_padding(None);
+            return Ok(TokenCounter::Model(Box::new(tokenizer)));
         }
         use tiktoken_rs::tokenizer::{get_tokenizer, Tokenizer};
         let bpe = match get_tokenizer(name) {

@@ -63,6 +63,85 @@ pub(super) const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         PRIMARY KEY (conversation_id, seq)
     ) WITHOUT ROWID;",
+    // 3: honey jars, their documents and chunks. No foreign keys: deletes cascade in code, in
+    // one transaction, as they must on ScyllaDB. Tags and shares are rows (keyed for the
+    // listing filters); `position` keeps the order they were given in.
+    "CREATE TABLE jars (
+        id TEXT PRIMARY KEY,
+        owner_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        visibility TEXT NOT NULL,
+        allow_search INTEGER NOT NULL,
+        allow_export INTEGER NOT NULL,
+        encryption_enabled INTEGER NOT NULL,
+        wrapped_key BLOB,
+        document_count INTEGER NOT NULL,
+        embedding_count INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX jars_by_creation ON jars(created_at, id);
+    CREATE INDEX jars_by_owner ON jars(owner_id, created_at);
+    CREATE TABLE jar_tags (
+        jar_id TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        PRIMARY KEY (jar_id, tag)
+    ) WITHOUT ROWID;
+    CREATE INDEX jar_tags_by_tag ON jar_tags(tag, jar_id);
+    CREATE TABLE jar_shares (
+        jar_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        PRIMARY KEY (jar_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX jar_shares_by_user ON jar_shares(user_id, jar_id);
+    CREATE TABLE documents (
+        id TEXT PRIMARY KEY,
+        jar_id TEXT NOT NULL,
+        uploader_id TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        title TEXT NOT NULL,
+        description TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mime_type TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        status TEXT NOT NULL,
+        progress INTEGER NOT NULL,
+        error TEXT,
+        chunk_count INTEGER NOT NULL,
+        embedding_count INTEGER NOT NULL,
+        processing_ms INTEGER,
+        pages INTEGER,
+        word_count INTEGER NOT NULL,
+        language TEXT,
+        uploaded_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX documents_by_jar ON documents(jar_id, uploaded_at);
+    CREATE INDEX documents_by_status ON documents(status, uploaded_at);
+    CREATE TABLE document_tags (
+        document_id TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        PRIMARY KEY (document_id, tag)
+    ) WITHOUT ROWID;
+    -- A rowid table: chunk rows (text and embedding) are too large for WITHOUT ROWID to pay.
+    CREATE TABLE chunks (
+        document_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        jar_id TEXT NOT NULL,
+        text TEXT NOT NULL,
+        page INTEGER,
+        section TEXT,
+        token_count INTEGER NOT NULL,
+        -- little-endian f32s
+        embedding BLOB NOT NULL,
+        PRIMARY KEY (document_id, seq)
+    );
+    CREATE INDEX chunks_by_jar ON chunks(jar_id, document_id, seq);",
 ];
 
 /// Applies every migration newer than the file's `user_version`, each in its own transaction.

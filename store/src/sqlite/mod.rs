@@ -3,6 +3,7 @@
 //! Writes go through one connection (SQLite has a single writer anyway, and serialising them
 //! in-process avoids busy retries); reads spread over a few reader connections.
 
+mod knowledge;
 mod migrations;
 
 use std::path::{Path, PathBuf};
@@ -15,9 +16,10 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use uuid::Uuid;
 
 use crate::{
-    conversation_lease_key, Conversation, ConversationId, ConversationSort, Lease, Message,
-    MessageRole, MessageStatus, Page, PruningRecord, Role, Session, SortOrder, Store, StoreError,
-    StoreResult, Timestamp, User, UserId,
+    conversation_lease_key, Chunk, Conversation, ConversationId, ConversationSort, Document,
+    DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, Lease, Message, MessageRole,
+    MessageStatus, Page, PruningRecord, Role, Session, SortOrder, Store, StoreError, StoreResult,
+    Timestamp, User, UserId,
 };
 
 const READER_CONNECTIONS: usize = 4;
@@ -793,6 +795,104 @@ impl Store for SqliteStore {
             Ok(deleted == 1)
         })
         .await
+    }
+
+    // The SQL of honey jars, documents and chunks is in `knowledge.rs`.
+
+    async fn create_jar(&self, jar: &HoneyJar) -> StoreResult<()> {
+        let jar = jar.clone();
+        self.write(move |tx| knowledge::create_jar(tx, &jar)).await
+    }
+
+    async fn jar(&self, id: JarId) -> StoreResult<Option<HoneyJar>> {
+        self.read(move |conn| knowledge::jar(conn, id)).await
+    }
+
+    async fn update_jar(&self, jar: &HoneyJar) -> StoreResult<()> {
+        let jar = jar.clone();
+        self.write(move |tx| knowledge::update_jar(tx, &jar)).await
+    }
+
+    async fn adjust_jar_counts(
+        &self,
+        id: JarId,
+        documents: i64,
+        embeddings: i64,
+    ) -> StoreResult<()> {
+        self.write(move |tx| knowledge::adjust_jar_counts(tx, id, documents, embeddings))
+            .await
+    }
+
+    async fn delete_jar(&self, id: JarId) -> StoreResult<bool> {
+        self.write(move |tx| knowledge::delete_jar(tx, id)).await
+    }
+
+    async fn list_jars(&self, query: &JarQuery) -> StoreResult<(Vec<HoneyJar>, u64)> {
+        let query = query.clone();
+        self.read(move |conn| knowledge::list_jars(conn, &query))
+            .await
+    }
+
+    async fn readable_jars(&self, reader: UserId) -> StoreResult<Vec<HoneyJar>> {
+        self.read(move |conn| knowledge::readable_jars(conn, reader))
+            .await
+    }
+
+    async fn create_document(&self, document: &Document) -> StoreResult<()> {
+        let document = document.clone();
+        self.write(move |tx| knowledge::create_document(tx, &document))
+            .await
+    }
+
+    async fn document(&self, id: DocumentId) -> StoreResult<Option<Document>> {
+        self.read(move |conn| knowledge::document(conn, id)).await
+    }
+
+    async fn update_document(&self, document: &Document) -> StoreResult<()> {
+        let document = document.clone();
+        self.write(move |tx| knowledge::update_document(tx, &document))
+            .await
+    }
+
+    async fn list_documents(&self, jar_id: JarId, page: Page) -> StoreResult<(Vec<Document>, u64)> {
+        self.read(move |conn| knowledge::list_documents(conn, jar_id, page))
+            .await
+    }
+
+    async fn documents_with_status(
+        &self,
+        status: DocumentStatus,
+        limit: u32,
+    ) -> StoreResult<Vec<Document>> {
+        self.read(move |conn| knowledge::documents_with_status(conn, status, limit))
+            .await
+    }
+
+    async fn delete_document(&self, id: DocumentId) -> StoreResult<Option<Document>> {
+        self.write(move |tx| knowledge::delete_document(tx, id))
+            .await
+    }
+
+    async fn save_chunks(&self, document: &Document, chunks: &[Chunk]) -> StoreResult<()> {
+        knowledge::check_chunks(document, chunks)?;
+        let (document, chunks) = (document.clone(), chunks.to_vec());
+        self.write(move |tx| knowledge::save_chunks(tx, &document, &chunks))
+            .await
+    }
+
+    async fn document_chunks(&self, document_id: DocumentId) -> StoreResult<Vec<Chunk>> {
+        self.read(move |conn| knowledge::document_chunks(conn, document_id))
+            .await
+    }
+
+    async fn jar_chunks(
+        &self,
+        jar_id: JarId,
+        after: Option<(DocumentId, u32)>,
+        limit: u32,
+    ) -> StoreResult<Vec<Chunk>> {
+        self.read(move |conn| knowledge::jar_chunks(conn, jar_id, after, limit))
+            .await
     }
 }
 

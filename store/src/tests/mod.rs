@@ -4,9 +4,10 @@
 use uuid::Uuid;
 
 use crate::{
-    conversation_lease_key, Conversation, ConversationId, ConversationSort, Lease, Message,
+    conversation_lease_key, Chunk, Conversation, ConversationId, ConversationSort, Document,
+    DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings, Lease, Message,
     MessageRole, MessageStatus, Page, PruningRecord, Role, Session, SortOrder, Store, StoreError,
-    Timestamp, User, UserId,
+    Timestamp, User, UserId, Visibility,
 };
 
 /// Generates one `#[tokio::test]` per contract behaviour. `$factory` is an async expression
@@ -24,7 +25,12 @@ macro_rules! store_test_suite {
             concurrent_acquires_elect_one_owner, conversation_roundtrip_with_messages,
             conversation_writes_need_current_lease, create_twice_conflicts_and_update_needs_record,
             message_retry_is_idempotent_and_seq_clash_conflicts, list_conversations_sorts_and_pages,
-            delete_conversation_removes_messages_and_blocks_late_writes);
+            delete_conversation_removes_messages_and_blocks_late_writes,
+            jar_roundtrip_and_update, jar_counts_adjust_and_never_go_negative,
+            list_jars_filters_by_reader_visibility_owner_tag_search_and_pages,
+            readable_jars_follow_visibility, document_lifecycle,
+            save_chunks_replaces_and_refuses_deleted_documents, jar_chunks_pages_with_a_cursor,
+            delete_jar_cascades);
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
         $(
@@ -734,4 +740,863 @@ pub async fn delete_conversation_removes_messages_and_blocks_late_writes(store: 
         store.messages(kept.id, 1, 100).await.unwrap(),
         kept_messages
     );
+}
+
+/// A private jar of `owner` for tests, with no documents yet.
+fn sample_jar(owner: UserId) -> HoneyJar {
+    HoneyJar {
+        id: Uuid::new_v4(),
+        owner_id: owner,
+        name: "Sample jar".to_owned(),
+        description: "A jar for tests".to_owned(),
+        visibility: Visibility::Private,
+        tags: Vec::new(),
+        settings: JarSettings {
+            allow_search: true,
+            allow_export: false,
+            encryption_enabled: false,
+        },
+        shared_with: Vec::new(),
+        wrapped_key: None,
+        document_count: 0,
+        embedding_count: 0,
+        created_at: Timestamp(1_000),
+        updated_at: Timestamp(1_000),
+    }
+}
+
+/// A freshly uploaded (processing) document in `jar`, uploaded by its owner.
+fn sample_document(jar: &HoneyJar) -> Document {
+    Document {
+        id: Uuid::new_v4(),
+        jar_id: jar.id,
+        uploader_id: jar.owner_id,
+        filename: "handbook.pdf".to_owned(),
+        title: "Handbook".to_owned(),
+        description: "The staff handbook".to_owned(),
+        tags: vec!["hr".to_owned()],
+        size: 12_345,
+        mime_type: "application/pdf".to_owned(),
+        kind: "pdf".to_owned(),
+        sha256: "ab".repeat(32),
+        status: DocumentStatus::Processing,
+        progress: 0,
+        error: None,
+        chunk_count: 0,
+        embedding_count: 0,
+        processing_ms: None,
+        pages: None,
+        word_count: 0,
+        language: None,
+        uploaded_at: Timestamp(1_000),
+        updated_at: Timestamp(1_000),
+    }
+}
+
+/// Chunk `seq` of document `document` in `jar`, with an embedding whose bits are awkward
+/// (a negative zero, a subnormal) so that a lossy encoding shows.
+fn sample_chunk(document: DocumentId, jar: JarId, seq: u32) -> Chunk {
+    Chunk {
+        document_id: document,
+        jar_id: jar,
+        seq,
+        text: format!("chunk {seq} of {document}"),
+        page: seq.is_multiple_of(2).then_some(seq / 2 + 1),
+        section: seq.is_multiple_of(3).then(|| format!("Section {seq}")),
+        token_count: 100 + seq,
+        embedding: vec![seq as f32 / 3.0, -0.0, f32::MIN_POSITIVE / 2.0, -1.0],
+    }
+}
+
+/// The embeddings' exact bits (`f32`'s `==` does not tell -0.0 from 0.0).
+fn embedding_bits(chunks: &[Chunk]) -> Vec<Vec<u32>> {
+    chunks
+        .iter()
+        .map(|c| c.embedding.iter().map(|x| x.to_bits()).collect())
+        .collect()
+}
+
+fn jar_ids(jars: &[HoneyJar]) -> Vec<JarId> {
+    jars.iter().map(|j| j.id).collect()
+}
+
+pub async fn jar_roundtrip_and_update(store: &dyn Store) {
+    let (reader_b, reader_c) = (Uuid::new_v4(), Uuid::new_v4());
+    let jar = HoneyJar {
+        visibility: Visibility::Shared,
+        tags: vec!["policies".to_owned(), "hr".to_owned()],
+        settings: JarSettings {
+            allow_search: false,
+            allow_export: true,
+            encryption_enabled: true,
+        },
+        shared_with: vec![reader_c, reader_b],
+        wrapped_key: Some(vec![0, 1, 2, 255]),
+        document_count: 2,
+        embedding_count: 7,
+        ..sample_jar(Uuid::new_v4())
+    };
+    store.create_jar(&jar).await.unwrap();
+    assert_eq!(store.jar(jar.id).await.unwrap(), Some(jar.clone()));
+    assert_eq!(store.jar(Uuid::new_v4()).await.unwrap(), None);
+
+    let again = store
+        .create_jar(&HoneyJar {
+            name: "Usurper".to_owned(),
+            ..jar.clone()
+        })
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    assert_eq!(store.jar(jar.id).await.unwrap(), Some(jar.clone()));
+
+    // Everything mutable changes; the owner, counts and creation time are not the caller's.
+    let update = HoneyJar {
+        owner_id: Uuid::new_v4(),
+        name: "Renamed".to_owned(),
+        description: "New description".to_owned(),
+        visibility: Visibility::Public,
+        tags: vec!["legal".to_owned()],
+        settings: JarSettings {
+            allow_search: true,
+            allow_export: false,
+            encryption_enabled: false,
+        },
+        shared_with: vec![reader_b],
+        wrapped_key: None,
+        document_count: 99,
+        embedding_count: 99,
+        created_at: Timestamp(5),
+        updated_at: Timestamp(2_000),
+        ..jar.clone()
+    };
+    store.update_jar(&update).await.unwrap();
+    let expected = HoneyJar {
+        owner_id: jar.owner_id,
+        document_count: jar.document_count,
+        embedding_count: jar.embedding_count,
+        created_at: jar.created_at,
+        ..update.clone()
+    };
+    assert_eq!(store.jar(jar.id).await.unwrap(), Some(expected));
+
+    let unknown = store.update_jar(&sample_jar(Uuid::new_v4())).await;
+    assert!(
+        matches!(unknown, Err(StoreError::NotFound { .. })),
+        "{unknown:?}"
+    );
+}
+
+pub async fn jar_counts_adjust_and_never_go_negative(store: &dyn Store) {
+    let jar = sample_jar(Uuid::new_v4());
+    store.create_jar(&jar).await.unwrap();
+    let counts = |jar: Option<HoneyJar>| {
+        let jar = jar.expect("jar exists");
+        (jar.document_count, jar.embedding_count)
+    };
+    for (documents, embeddings, expected) in [
+        (3, 10, (3, 10)),
+        (-1, -4, (2, 6)),
+        (-5, -100, (0, 0)),
+        (1, 0, (1, 0)),
+    ] {
+        store
+            .adjust_jar_counts(jar.id, documents, embeddings)
+            .await
+            .unwrap();
+        assert_eq!(
+            counts(store.jar(jar.id).await.unwrap()),
+            expected,
+            "after {documents:+} {embeddings:+}"
+        );
+    }
+    let unknown = store.adjust_jar_counts(Uuid::new_v4(), 1, 1).await;
+    assert!(
+        matches!(unknown, Err(StoreError::NotFound { .. })),
+        "{unknown:?}"
+    );
+}
+
+pub async fn list_jars_filters_by_reader_visibility_owner_tag_search_and_pages(store: &dyn Store) {
+    let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let tags = |tags: &[&str]| tags.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    let jar =
+        |owner, visibility, shared_with: Vec<UserId>, created, name: &str, desc: &str| HoneyJar {
+            visibility,
+            shared_with,
+            created_at: Timestamp(created),
+            name: name.to_owned(),
+            description: desc.to_owned(),
+            ..sample_jar(owner)
+        };
+    let jars = [
+        // Private: the share list is ignored.
+        HoneyJar {
+            tags: tags(&["hr"]),
+            ..jar(
+                a,
+                Visibility::Private,
+                vec![b],
+                1_000,
+                "Alpha notes",
+                "first",
+            )
+        },
+        HoneyJar {
+            tags: tags(&["hr", "legal"]),
+            ..jar(
+                a,
+                Visibility::Shared,
+                vec![b],
+                2_000,
+                "Beta: 100% sure",
+                "second",
+            )
+        },
+        HoneyJar {
+            tags: tags(&["legal"]),
+            ..jar(
+                a,
+                Visibility::Public,
+                vec![],
+                3_000,
+                "Gamma",
+                "The HANDBOOK",
+            )
+        },
+        HoneyJar {
+            tags: tags(&["hr"]),
+            ..jar(
+                c,
+                Visibility::Private,
+                vec![],
+                4_000,
+                "Delta",
+                "100 percent",
+            )
+        },
+        // Shared, but not with b.
+        jar(
+            c,
+            Visibility::Shared,
+            vec![a],
+            5_000,
+            "Epsilon",
+            "handbook draft",
+        ),
+    ];
+    for jar in &jars {
+        store.create_jar(jar).await.unwrap();
+    }
+    let all = Page {
+        limit: 10,
+        offset: 0,
+    };
+    let everything = JarQuery {
+        reader: None,
+        visibility: None,
+        owner: None,
+        tag: None,
+        search: None,
+        page: all,
+    };
+
+    // Complete records, newest first.
+    let (listed, total) = store.list_jars(&everything).await.unwrap();
+    assert_eq!(total, 5);
+    assert_eq!(listed, jars.iter().rev().cloned().collect::<Vec<_>>());
+
+    let search = |s: &str| Some(s.to_owned());
+    let cases: Vec<(&str, JarQuery, Vec<usize>)> = vec![
+        (
+            "reader b: shared with b, public",
+            JarQuery {
+                reader: Some(b),
+                ..everything.clone()
+            },
+            vec![2, 1],
+        ),
+        (
+            "reader a: own, and shared with a",
+            JarQuery {
+                reader: Some(a),
+                ..everything.clone()
+            },
+            vec![4, 2, 1, 0],
+        ),
+        (
+            "reader c",
+            JarQuery {
+                reader: Some(c),
+                ..everything.clone()
+            },
+            vec![4, 3, 2],
+        ),
+        (
+            "a stranger: public only",
+            JarQuery {
+                reader: Some(Uuid::new_v4()),
+                ..everything.clone()
+            },
+            vec![2],
+        ),
+        (
+            "visibility shared",
+            JarQuery {
+                visibility: Some(Visibility::Shared),
+                ..everything.clone()
+            },
+            vec![4, 1],
+        ),
+        (
+            "owner a",
+            JarQuery {
+                owner: Some(a),
+                ..everything.clone()
+            },
+            vec![2, 1, 0],
+        ),
+        (
+            "owner c as read by a",
+            JarQuery {
+                reader: Some(a),
+                owner: Some(c),
+                ..everything.clone()
+            },
+            vec![4],
+        ),
+        (
+            "tag hr",
+            JarQuery {
+                tag: search("hr"),
+                ..everything.clone()
+            },
+            vec![3, 1, 0],
+        ),
+        (
+            "tag hr as read by b",
+            JarQuery {
+                reader: Some(b),
+                tag: search("hr"),
+                ..everything.clone()
+            },
+            vec![1],
+        ),
+        (
+            "unknown tag",
+            JarQuery {
+                tag: search("nope"),
+                ..everything.clone()
+            },
+            vec![],
+        ),
+        (
+            "search ignores case, in name or description",
+            JarQuery {
+                search: search("handbook"),
+                ..everything.clone()
+            },
+            vec![4, 2],
+        ),
+        (
+            "search by name",
+            JarQuery {
+                search: search("ALPHA"),
+                ..everything.clone()
+            },
+            vec![0],
+        ),
+        (
+            "search with a literal %",
+            JarQuery {
+                search: search("100%"),
+                ..everything.clone()
+            },
+            vec![1],
+        ),
+        (
+            "search with a literal _",
+            JarQuery {
+                search: search("a_"),
+                ..everything.clone()
+            },
+            vec![],
+        ),
+        (
+            "all filters at once",
+            JarQuery {
+                reader: Some(b),
+                visibility: Some(Visibility::Shared),
+                owner: Some(a),
+                tag: search("legal"),
+                search: search("beta"),
+                page: all,
+            },
+            vec![1],
+        ),
+    ];
+    for (name, query, expected) in cases {
+        let (listed, total) = store.list_jars(&query).await.unwrap();
+        let expected: Vec<JarId> = expected.iter().map(|&i| jars[i].id).collect();
+        assert_eq!(jar_ids(&listed), expected, "{name}");
+        assert_eq!(total, expected.len() as u64, "{name}");
+    }
+
+    let (page, total) = store
+        .list_jars(&JarQuery {
+            page: Page {
+                limit: 2,
+                offset: 1,
+            },
+            ..everything.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!((jar_ids(&page), total), (vec![jars[3].id, jars[2].id], 5));
+    let (past_end, total) = store
+        .list_jars(&JarQuery {
+            page: Page {
+                limit: 2,
+                offset: 5,
+            },
+            ..everything.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!((past_end, total), (vec![], 5));
+    let (page, total) = store
+        .list_jars(&JarQuery {
+            reader: Some(a),
+            page: Page {
+                limit: 1,
+                offset: 1,
+            },
+            ..everything
+        })
+        .await
+        .unwrap();
+    assert_eq!((jar_ids(&page), total), (vec![jars[2].id], 4));
+}
+
+pub async fn readable_jars_follow_visibility(store: &dyn Store) {
+    let (owner, reader) = (Uuid::new_v4(), Uuid::new_v4());
+    let private = HoneyJar {
+        created_at: Timestamp(1_000),
+        ..sample_jar(owner)
+    };
+    let shared = HoneyJar {
+        visibility: Visibility::Shared,
+        shared_with: vec![Uuid::new_v4(), reader],
+        created_at: Timestamp(2_000),
+        ..sample_jar(owner)
+    };
+    let public = HoneyJar {
+        visibility: Visibility::Public,
+        created_at: Timestamp(3_000),
+        ..sample_jar(owner)
+    };
+    let own = HoneyJar {
+        created_at: Timestamp(4_000),
+        ..sample_jar(reader)
+    };
+    for jar in [&private, &shared, &public, &own] {
+        store.create_jar(jar).await.unwrap();
+    }
+
+    // Oldest first, complete records.
+    assert_eq!(
+        store.readable_jars(reader).await.unwrap(),
+        vec![shared.clone(), public.clone(), own.clone()]
+    );
+    assert_eq!(
+        jar_ids(&store.readable_jars(owner).await.unwrap()),
+        vec![private.id, shared.id, public.id]
+    );
+    assert_eq!(
+        jar_ids(&store.readable_jars(Uuid::new_v4()).await.unwrap()),
+        vec![public.id]
+    );
+
+    // Unsharing takes the jar away; sharing a private one hands it over.
+    store
+        .update_jar(&HoneyJar {
+            visibility: Visibility::Private,
+            ..shared.clone()
+        })
+        .await
+        .unwrap();
+    store
+        .update_jar(&HoneyJar {
+            visibility: Visibility::Shared,
+            shared_with: vec![reader],
+            ..private.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        jar_ids(&store.readable_jars(reader).await.unwrap()),
+        vec![private.id, public.id, own.id]
+    );
+}
+
+pub async fn document_lifecycle(store: &dyn Store) {
+    let jar = sample_jar(Uuid::new_v4());
+    store.create_jar(&jar).await.unwrap();
+
+    let orphan = sample_document(&sample_jar(jar.owner_id));
+    let refused = store.create_document(&orphan).await;
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::NotFound {
+                entity: "honey jar"
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(store.document(orphan.id).await.unwrap(), None);
+
+    let docs: Vec<Document> = (0..3)
+        .map(|i| Document {
+            uploaded_at: Timestamp(1_000 * (i + 1)),
+            updated_at: Timestamp(1_000 * (i + 1)),
+            filename: format!("doc-{i}.md"),
+            tags: vec![format!("t{i}"), "all".to_owned()],
+            ..sample_document(&jar)
+        })
+        .collect();
+    for doc in &docs {
+        store.create_document(doc).await.unwrap();
+    }
+    let other_jar = sample_jar(jar.owner_id);
+    store.create_jar(&other_jar).await.unwrap();
+    let elsewhere = sample_document(&other_jar);
+    store.create_document(&elsewhere).await.unwrap();
+    assert_eq!(
+        store.document(docs[0].id).await.unwrap(),
+        Some(docs[0].clone())
+    );
+    assert_eq!(store.document(Uuid::new_v4()).await.unwrap(), None);
+
+    let again = store
+        .create_document(&Document {
+            title: "Usurper".to_owned(),
+            ..docs[0].clone()
+        })
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    assert_eq!(
+        store.document(docs[0].id).await.unwrap(),
+        Some(docs[0].clone())
+    );
+
+    let processed = Document {
+        title: "Processed".to_owned(),
+        description: "Now with text".to_owned(),
+        tags: vec!["done".to_owned()],
+        status: DocumentStatus::Processed,
+        progress: 100,
+        chunk_count: 4,
+        embedding_count: 4,
+        processing_ms: Some(1_234),
+        pages: Some(3),
+        word_count: 900,
+        language: Some("en".to_owned()),
+        updated_at: Timestamp(9_000),
+        ..docs[1].clone()
+    };
+    store.update_document(&processed).await.unwrap();
+    assert_eq!(
+        store.document(processed.id).await.unwrap(),
+        Some(processed.clone())
+    );
+    let failed = Document {
+        status: DocumentStatus::Failed,
+        error: Some("unreadable".to_owned()),
+        ..docs[2].clone()
+    };
+    store.update_document(&failed).await.unwrap();
+    assert_eq!(
+        store.document(failed.id).await.unwrap(),
+        Some(failed.clone())
+    );
+    let unknown = store.update_document(&sample_document(&jar)).await;
+    assert!(
+        matches!(unknown, Err(StoreError::NotFound { entity: "document" })),
+        "{unknown:?}"
+    );
+
+    // Newest first, this jar only.
+    let (page, total) = store
+        .list_documents(
+            jar.id,
+            Page {
+                limit: 2,
+                offset: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((page, total), (vec![failed.clone(), processed.clone()], 3));
+    let (page, total) = store
+        .list_documents(
+            jar.id,
+            Page {
+                limit: 2,
+                offset: 2,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((page, total), (vec![docs[0].clone()], 3));
+
+    // Oldest first, across jars.
+    let mut processing = vec![docs[0].clone(), elsewhere.clone()];
+    processing.sort_by_key(|d| (d.uploaded_at, d.id));
+    assert_eq!(
+        store
+            .documents_with_status(DocumentStatus::Processing, 10)
+            .await
+            .unwrap(),
+        processing
+    );
+    assert_eq!(
+        store
+            .documents_with_status(DocumentStatus::Processing, 1)
+            .await
+            .unwrap(),
+        processing[..1]
+    );
+    assert_eq!(
+        store
+            .documents_with_status(DocumentStatus::Failed, 10)
+            .await
+            .unwrap(),
+        vec![failed]
+    );
+
+    assert_eq!(
+        store.delete_document(docs[0].id).await.unwrap(),
+        Some(docs[0].clone())
+    );
+    assert_eq!(store.delete_document(docs[0].id).await.unwrap(), None);
+    assert_eq!(store.document(docs[0].id).await.unwrap(), None);
+    let late = store.update_document(&docs[0]).await;
+    assert!(matches!(late, Err(StoreError::NotFound { .. })), "{late:?}");
+    assert_eq!(store.document(docs[0].id).await.unwrap(), None);
+    let (_, total) = store
+        .list_documents(
+            jar.id,
+            Page {
+                limit: 10,
+                offset: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(total, 2);
+}
+
+pub async fn save_chunks_replaces_and_refuses_deleted_documents(store: &dyn Store) {
+    let jar = sample_jar(Uuid::new_v4());
+    store.create_jar(&jar).await.unwrap();
+    let doc = sample_document(&jar);
+    store.create_document(&doc).await.unwrap();
+
+    let first: Vec<Chunk> = (0..3)
+        .map(|seq| sample_chunk(doc.id, jar.id, seq))
+        .collect();
+    let mut record = Document {
+        status: DocumentStatus::Processed,
+        progress: 100,
+        chunk_count: 3,
+        embedding_count: 3,
+        updated_at: Timestamp(2_000),
+        ..doc.clone()
+    };
+    store.save_chunks(&record, &first).await.unwrap();
+    let stored = store.document_chunks(doc.id).await.unwrap();
+    assert_eq!(stored, first);
+    assert_eq!(embedding_bits(&stored), embedding_bits(&first));
+    assert_eq!(store.document(doc.id).await.unwrap(), Some(record.clone()));
+
+    // A re-run replaces every chunk, even those past its new end.
+    let second: Vec<Chunk> = (0..2)
+        .map(|seq| Chunk {
+            text: format!("re-run {seq}"),
+            embedding: vec![0.5, seq as f32],
+            ..sample_chunk(doc.id, jar.id, seq)
+        })
+        .collect();
+    record.chunk_count = 2;
+    record.embedding_count = 2;
+    record.updated_at = Timestamp(3_000);
+    store.save_chunks(&record, &second).await.unwrap();
+    let stored = store.document_chunks(doc.id).await.unwrap();
+    assert_eq!(stored, second);
+    assert_eq!(embedding_bits(&stored), embedding_bits(&second));
+    assert_eq!(store.document(doc.id).await.unwrap(), Some(record.clone()));
+
+    // A chunk of another document is refused before anything is written.
+    let stray = [
+        sample_chunk(doc.id, jar.id, 0),
+        sample_chunk(Uuid::new_v4(), jar.id, 1),
+    ];
+    let refused = store
+        .save_chunks(
+            &Document {
+                chunk_count: 9,
+                ..record.clone()
+            },
+            &stray,
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Internal(_))),
+        "{refused:?}"
+    );
+    assert_eq!(store.document_chunks(doc.id).await.unwrap(), second);
+    assert_eq!(store.document(doc.id).await.unwrap(), Some(record.clone()));
+
+    // Deleted meanwhile: the pipeline's late write is refused and leaves nothing behind.
+    store.delete_document(doc.id).await.unwrap();
+    assert!(store.document_chunks(doc.id).await.unwrap().is_empty());
+    let late = store.save_chunks(&record, &first).await;
+    assert!(
+        matches!(late, Err(StoreError::NotFound { entity: "document" })),
+        "{late:?}"
+    );
+    assert_eq!(store.document(doc.id).await.unwrap(), None);
+    assert!(store.document_chunks(doc.id).await.unwrap().is_empty());
+    assert!(store
+        .jar_chunks(jar.id, None, 100)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn jar_chunks_pages_with_a_cursor(store: &dyn Store) {
+    let jar = sample_jar(Uuid::new_v4());
+    let other = sample_jar(jar.owner_id);
+    let mut expected = Vec::new();
+    for j in [&jar, &other] {
+        store.create_jar(j).await.unwrap();
+        for chunks in [3, 4] {
+            let doc = sample_document(j);
+            store.create_document(&doc).await.unwrap();
+            let chunks: Vec<Chunk> = (0..chunks)
+                .map(|seq| sample_chunk(doc.id, j.id, seq))
+                .collect();
+            store.save_chunks(&doc, &chunks).await.unwrap();
+            if j.id == jar.id {
+                expected.extend(chunks);
+            }
+        }
+    }
+
+    let everything = store.jar_chunks(jar.id, None, 100).await.unwrap();
+    // Ordered by (document_id, seq): each document's chunks together and in order.
+    let key = |c: &Chunk| (c.document_id, c.seq);
+    let mut sorted = expected.clone();
+    sorted.sort_by_key(key);
+    let mut got_sorted = everything.clone();
+    got_sorted.sort_by_key(key);
+    assert_eq!(got_sorted, sorted, "exactly this jar's chunks");
+    let mut seen_documents: Vec<DocumentId> = Vec::new();
+    for pair in everything.windows(2) {
+        if pair[0].document_id == pair[1].document_id {
+            assert_eq!(pair[1].seq, pair[0].seq + 1);
+        } else {
+            seen_documents.push(pair[0].document_id);
+            assert!(!seen_documents.contains(&pair[1].document_id));
+        }
+    }
+
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.jar_chunks(jar.id, after, 2).await.unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some((last.document_id, last.seq));
+        paged.extend(page);
+        assert!(paged.len() <= expected.len(), "pages repeat chunks");
+    }
+    assert_eq!(paged, everything);
+    assert_eq!(embedding_bits(&paged), embedding_bits(&everything));
+    assert!(store
+        .jar_chunks(Uuid::new_v4(), None, 100)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn delete_jar_cascades(store: &dyn Store) {
+    let reader = Uuid::new_v4();
+    let doomed = HoneyJar {
+        visibility: Visibility::Shared,
+        shared_with: vec![reader],
+        tags: vec!["hr".to_owned()],
+        ..sample_jar(Uuid::new_v4())
+    };
+    let kept = HoneyJar {
+        tags: vec!["hr".to_owned()],
+        ..sample_jar(doomed.owner_id)
+    };
+    let mut documents = Vec::new();
+    for jar in [&doomed, &kept] {
+        store.create_jar(jar).await.unwrap();
+        for _ in 0..2 {
+            let doc = sample_document(jar);
+            store.create_document(&doc).await.unwrap();
+            let chunks: Vec<Chunk> = (0..2)
+                .map(|seq| sample_chunk(doc.id, jar.id, seq))
+                .collect();
+            store.save_chunks(&doc, &chunks).await.unwrap();
+            documents.push((doc, chunks));
+        }
+    }
+
+    assert!(store.delete_jar(doomed.id).await.unwrap());
+    assert_eq!(store.jar(doomed.id).await.unwrap(), None);
+    for (doc, _) in &documents[..2] {
+        assert_eq!(store.document(doc.id).await.unwrap(), None);
+        assert!(store.document_chunks(doc.id).await.unwrap().is_empty());
+    }
+    assert!(store
+        .jar_chunks(doomed.id, None, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    let all = Page {
+        limit: 10,
+        offset: 0,
+    };
+    assert_eq!(
+        store.list_documents(doomed.id, all).await.unwrap(),
+        (vec![], 0)
+    );
+    assert!(store.readable_jars(reader).await.unwrap().is_empty());
+    let (listed, total) = store
+        .list_jars(&JarQuery {
+            reader: None,
+            visibility: None,
+            owner: None,
+            tag: Some("hr".to_owned()),
+            search: None,
+            page: all,
+        })
+        .await
+        .unwrap();
+    assert_eq!((listed, total), (vec![kept.clone()], 1));
+    assert!(!store.delete_jar(doomed.id).await.unwrap());
+    let late = store.create_document(&sample_document(&doomed)).await;
+    assert!(matches!(late, Err(StoreError::NotFound { .. })), "{late:?}");
+
+    // The other jar is untouched.
+    assert_eq!(store.jar(kept.id).await.unwrap(), Some(kept.clone()));
+    for (doc, chunks) in &documents[2..] {
+        assert_eq!(store.document(doc.id).await.unwrap(), Some(doc.clone()));
+        assert_eq!(&store.document_chunks(doc.id).await.unwrap(), chunks);
+    }
+    assert_eq!(store.jar_chunks(kept.id, None, 100).await.unwrap().len(), 4);
 }

@@ -1,0 +1,722 @@
+//! `/api/knowledge/honey-pots*` and `/api/knowledge/documents/*`: honey jars, sharing, document
+//! upload and status. Access rules live in `crate::knowledge`.
+
+use std::sync::Arc;
+
+use bytes::BufMut;
+use futures_util::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use sting_actors::session::Identity;
+use sting_store::{Document, HoneyJar, JarQuery, JarSettings, Page, User, Visibility};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+use warp::filters::multipart::{FormData, Part};
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use super::error::{ApiError, ErrorEnvelope};
+use super::json::{json_body, parse_json};
+use super::{authenticated, reject, rfc3339, with_ctx};
+use crate::app::AppContext;
+use crate::knowledge::{JarPatch, NewJar, UploadMetadata};
+
+const MAX_PAGE: u32 = 200;
+/// Room for the multipart framing and the metadata part beside the file.
+const MULTIPART_OVERHEAD: u64 = 64 * 1024;
+
+pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
+    let limit = ctx.config.limits.max_body_bytes;
+    let jars = warp::path("api")
+        .and(warp::path("knowledge"))
+        .and(warp::path("honey-pots"));
+    let create = jars
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_ctx(ctx.clone()))
+        .and(authenticated())
+        .and(json_body::<CreateJarRequest>(limit))
+        .and_then(create_jar);
+    let list = jars
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_ctx(ctx.clone()))
+        .and(authenticated())
+        .and(warp::query::<ListJarsQuery>())
+        .and_then(list_jars);
+    let one = jars.and(warp::path::param::<Uuid>());
+    let get = one
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_ctx(ctx.clone()))
+        .and(authenticated())
+        .and_then(get_jar);
+    let update = one
+        .and(warp::path::end())
+        .and(warp::put())
+        .and(with_ctx(ctx.clone()))
+        .and(authenticated())
+        .and(json_body::<UpdateJarRequest>(limit))
+        .and_then(update_jar);
+    let delete = one
+        .and(warp::path::end())
+        .and(warp::delete())
+        .and(with_ctx(ctx.clone()))
+        .and(authenticated())
+        .and_then(delete_jar);
+    let share = one
+        .and(warp::path("shares"))
+        .and(warp::path::end())
+        .and(warp::put())
+        .and(with_ctx(ctx.clone()))
+        .and(authenticated())
+        .and(json_body::<ShareRequest>(limit))
+        .and_then(share_jar);
+    let upload_limit = ctx.knowledge.max_upload_bytes() + MULTIPART_OVERHEAD;
+    let upload = one
+        .and(warp::path("documents"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_ctx(ctx.clone()))
+        .and(authenticated())
+        .and(warp::multipart::form().max_length(upload_limit))
+        .and_then(upload_document);
+    let documents = one
+        .and(warp::path("documents"))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_ctx(ctx.clone()))
+        .and(authenticated())
+        .and(warp::query::<PageQuery>())
+        .and_then(list_documents);
+    let document = warp::path("api")
+        .and(warp::path("knowledge"))
+        .and(warp::path("documents"))
+        .and(warp::path::param::<Uuid>())
+        .and(warp::path::end());
+    let get_document = document
+        .and(warp::get())
+        .and(with_ctx(ctx.clone()))
+        .and(authenticated())
+        .and_then(get_document);
+    let delete_document = document
+        .and(warp::delete())
+        .and(with_ctx(ctx))
+        .and(authenticated())
+        .and_then(delete_document);
+    create
+        .or(list)
+        .unify()
+        .or(get)
+        .unify()
+        .or(update)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(share)
+        .unify()
+        .or(upload)
+        .unify()
+        .or(documents)
+        .unify()
+        .or(get_document)
+        .unify()
+        .or(delete_document)
+        .unify()
+        .boxed()
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJarRequest {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// `private` (default), `shared` or `public`.
+    #[serde(default = "private")]
+    #[schema(value_type = String, example = "private")]
+    pub visibility: Visibility,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub settings: SettingsInput,
+}
+
+fn private() -> Visibility {
+    Visibility::Private
+}
+
+/// Jar settings; omitted ones take their defaults.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsInput {
+    /// Readers other than the owner may search and ask it (default true).
+    pub allow_search: Option<bool>,
+    /// It may be exported (default false).
+    pub allow_export: Option<bool>,
+    /// Originals encrypted at rest with a per-jar key (default false; fixed at creation).
+    pub encryption_enabled: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateJarRequest {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub visibility: Option<Visibility>,
+    pub tags: Option<Vec<String>>,
+    pub settings: Option<SettingsInput>,
+}
+
+/// Who a `shared` jar is shared with (replaces the list).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShareRequest {
+    pub emails: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Owner {
+    pub id: Uuid,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SettingsView {
+    pub allow_search: bool,
+    pub allow_export: bool,
+    pub encryption_enabled: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SharedUser {
+    pub id: Uuid,
+    pub email: String,
+    pub name: String,
+}
+
+/// A honey jar.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JarView {
+    pub id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub owner_id: Uuid,
+    pub owner: Option<Owner>,
+    #[schema(value_type = String)]
+    pub visibility: Visibility,
+    pub status: &'static str,
+    pub tags: Vec<String>,
+    pub settings: SettingsView,
+    pub document_count: u64,
+    pub embedding_count: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_updated: String,
+    /// Only shown to the owner (and admins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_with: Option<Vec<SharedUser>>,
+}
+
+fn jar_view(
+    jar: &HoneyJar,
+    owner: Option<&User>,
+    with_email: bool,
+    shared: Option<Vec<SharedUser>>,
+) -> JarView {
+    JarView {
+        id: jar.id,
+        name: jar.name.clone(),
+        description: jar.description.clone(),
+        owner_id: jar.owner_id,
+        owner: owner.map(|user| Owner {
+            id: user.id,
+            name: user.name.clone(),
+            email: with_email.then(|| user.email.clone()),
+        }),
+        visibility: jar.visibility,
+        status: "active",
+        tags: jar.tags.clone(),
+        settings: SettingsView {
+            allow_search: jar.settings.allow_search,
+            allow_export: jar.settings.allow_export,
+            encryption_enabled: jar.settings.encryption_enabled,
+        },
+        document_count: jar.document_count,
+        embedding_count: jar.embedding_count,
+        created_at: rfc3339(jar.created_at),
+        updated_at: rfc3339(jar.updated_at),
+        last_updated: rfc3339(jar.updated_at),
+        shared_with: shared,
+    }
+}
+
+/// The shared-with list, for the jar's owner and admins only.
+async fn shared_view(
+    ctx: &AppContext,
+    who: &Identity,
+    jar: &HoneyJar,
+) -> Result<Option<Vec<SharedUser>>, Rejection> {
+    if jar.owner_id != who.user_id && !who.is_admin() {
+        return Ok(None);
+    }
+    let users = ctx
+        .knowledge
+        .users(&jar.shared_with)
+        .await
+        .map_err(reject)?;
+    Ok(Some(
+        jar.shared_with
+            .iter()
+            .filter_map(|id| users.get(id))
+            .map(|user| SharedUser {
+                id: user.id,
+                email: user.email.clone(),
+                name: user.name.clone(),
+            })
+            .collect(),
+    ))
+}
+
+/// Create a honey jar owned by the caller.
+#[utoipa::path(post, path = "/api/knowledge/honey-pots", tag = "knowledge",
+    request_body = CreateJarRequest, security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 201, body = JarView),
+        (status = 401, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
+    ))]
+pub async fn create_jar(
+    ctx: Arc<AppContext>,
+    who: Identity,
+    body: CreateJarRequest,
+) -> Result<Response, Rejection> {
+    let settings = JarSettings {
+        allow_search: body.settings.allow_search.unwrap_or(true),
+        allow_export: body.settings.allow_export.unwrap_or(false),
+        encryption_enabled: body.settings.encryption_enabled.unwrap_or(false),
+    };
+    let jar = ctx
+        .knowledge
+        .create_jar(
+            &who,
+            NewJar {
+                name: body.name,
+                description: body.description,
+                visibility: body.visibility,
+                tags: body.tags,
+                settings,
+            },
+        )
+        .await
+        .map_err(reject)?;
+    let owner = ctx.knowledge.users(&[who.user_id]).await.map_err(reject)?;
+    let view = jar_view(&jar, owner.get(&who.user_id), true, Some(Vec::new()));
+    Ok(warp::reply::with_status(warp::reply::json(&view), StatusCode::CREATED).into_response())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListJarsQuery {
+    /// `private`, `shared` or `public`.
+    pub visibility: Option<String>,
+    /// Owner's user id.
+    pub owner: Option<Uuid>,
+    pub tag: Option<String>,
+    /// Text in the name or description.
+    pub search: Option<String>,
+    /// 1–200 (default 20).
+    pub limit: Option<u32>,
+    pub offset: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JarList {
+    pub honey_jars: Vec<JarView>,
+    pub total: u64,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+fn page(limit: Option<u32>, offset: Option<u64>) -> Result<Page, Rejection> {
+    let limit = limit.unwrap_or(20);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(reject(ApiError::validation(
+            "limit",
+            format!("must be between 1 and {MAX_PAGE}"),
+        )));
+    }
+    Ok(Page {
+        limit,
+        offset: offset.unwrap_or(0),
+    })
+}
+
+/// The honey jars the caller may read (admins: all), newest first.
+#[utoipa::path(get, path = "/api/knowledge/honey-pots", tag = "knowledge", params(ListJarsQuery),
+    security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = JarList), (status = 401, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+pub async fn list_jars(
+    ctx: Arc<AppContext>,
+    who: Identity,
+    query: ListJarsQuery,
+) -> Result<Response, Rejection> {
+    let page = page(query.limit, query.offset)?;
+    let visibility = match query.visibility.as_deref() {
+        None => None,
+        Some(text) => Some(Visibility::parse(text).ok_or_else(|| {
+            reject(ApiError::validation(
+                "visibility",
+                "must be private, shared or public",
+            ))
+        })?),
+    };
+    let (jars, total) = ctx
+        .knowledge
+        .list_jars(
+            &who,
+            JarQuery {
+                reader: None,
+                visibility,
+                owner: query.owner,
+                tag: query.tag.map(|t| t.trim().to_lowercase()),
+                search: query.search,
+                page,
+            },
+        )
+        .await
+        .map_err(reject)?;
+    let owners = ctx
+        .knowledge
+        .users(&jars.iter().map(|jar| jar.owner_id).collect::<Vec<_>>())
+        .await
+        .map_err(reject)?;
+    Ok(warp::reply::json(&JarList {
+        honey_jars: jars
+            .iter()
+            .map(|jar| jar_view(jar, owners.get(&jar.owner_id), false, None))
+            .collect(),
+        total,
+        limit: page.limit,
+        offset: page.offset,
+    })
+    .into_response())
+}
+
+/// One honey jar the caller may read.
+#[utoipa::path(get, path = "/api/knowledge/honey-pots/{honey_jar_id}", tag = "knowledge",
+    params(("honey_jar_id" = Uuid, Path)), security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = JarView), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+pub async fn get_jar(id: Uuid, ctx: Arc<AppContext>, who: Identity) -> Result<Response, Rejection> {
+    let jar = ctx.knowledge.readable(&who, id).await.map_err(reject)?;
+    let owner = ctx.knowledge.users(&[jar.owner_id]).await.map_err(reject)?;
+    let shared = shared_view(&ctx, &who, &jar).await?;
+    Ok(warp::reply::json(&jar_view(&jar, owner.get(&jar.owner_id), true, shared)).into_response())
+}
+
+/// Change a honey jar (owner or admin).
+#[utoipa::path(put, path = "/api/knowledge/honey-pots/{honey_jar_id}", tag = "knowledge",
+    params(("honey_jar_id" = Uuid, Path)), request_body = UpdateJarRequest,
+    security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = JarView), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+pub async fn update_jar(
+    id: Uuid,
+    ctx: Arc<AppContext>,
+    who: Identity,
+    body: UpdateJarRequest,
+) -> Result<Response, Rejection> {
+    let settings = body.settings.unwrap_or_default();
+    let jar = ctx
+        .knowledge
+        .update_jar(
+            &who,
+            id,
+            JarPatch {
+                name: body.name,
+                description: body.description,
+                visibility: body.visibility,
+                tags: body.tags,
+                allow_search: settings.allow_search,
+                allow_export: settings.allow_export,
+                encryption_enabled: settings.encryption_enabled,
+            },
+        )
+        .await
+        .map_err(reject)?;
+    let owner = ctx.knowledge.users(&[jar.owner_id]).await.map_err(reject)?;
+    let shared = shared_view(&ctx, &who, &jar).await?;
+    Ok(warp::reply::json(&jar_view(&jar, owner.get(&jar.owner_id), true, shared)).into_response())
+}
+
+/// Share a `shared` jar with these users (by email; replaces the list). Added to the contract.
+#[utoipa::path(put, path = "/api/knowledge/honey-pots/{honey_jar_id}/shares", tag = "knowledge",
+    params(("honey_jar_id" = Uuid, Path)), request_body = ShareRequest,
+    security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = JarView), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+pub async fn share_jar(
+    id: Uuid,
+    ctx: Arc<AppContext>,
+    who: Identity,
+    body: ShareRequest,
+) -> Result<Response, Rejection> {
+    let (jar, _) = ctx
+        .knowledge
+        .share_jar(&who, id, &body.emails)
+        .await
+        .map_err(reject)?;
+    let owner = ctx.knowledge.users(&[jar.owner_id]).await.map_err(reject)?;
+    let shared = shared_view(&ctx, &who, &jar).await?;
+    Ok(warp::reply::json(&jar_view(&jar, owner.get(&jar.owner_id), true, shared)).into_response())
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Deleted {
+    pub success: bool,
+    pub id: Uuid,
+}
+
+/// Delete a honey jar with its documents, chunks and originals (owner or admin).
+#[utoipa::path(delete, path = "/api/knowledge/honey-pots/{honey_jar_id}", tag = "knowledge",
+    params(("honey_jar_id" = Uuid, Path)), security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = Deleted), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+pub async fn delete_jar(
+    id: Uuid,
+    ctx: Arc<AppContext>,
+    who: Identity,
+) -> Result<Response, Rejection> {
+    ctx.knowledge.delete_jar(&who, id).await.map_err(reject)?;
+    Ok(warp::reply::json(&Deleted { success: true, id }).into_response())
+}
+
+/// A document and where it is in processing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DocumentView {
+    pub id: Uuid,
+    pub honey_jar_id: Uuid,
+    pub filename: String,
+    pub title: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub size: u64,
+    pub mime_type: String,
+    /// pdf, docx, markdown, html, text, json, csv ("unknown" when unsupported).
+    pub document_type: String,
+    /// processing, processed or failed.
+    pub status: &'static str,
+    pub processing_progress: u8,
+    /// Why processing failed.
+    pub error: Option<String>,
+    pub chunk_count: u64,
+    pub embedding_count: u64,
+    /// Seconds.
+    pub processing_time: Option<f64>,
+    pub uploaded_at: String,
+    pub updated_at: String,
+    pub metadata: DocumentMetadataView,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DocumentMetadataView {
+    pub pages: Option<u32>,
+    pub word_count: u64,
+    pub language: Option<String>,
+    pub sha256: String,
+}
+
+fn document_view(document: &Document) -> DocumentView {
+    DocumentView {
+        id: document.id,
+        honey_jar_id: document.jar_id,
+        filename: document.filename.clone(),
+        title: document.title.clone(),
+        description: document.description.clone(),
+        tags: document.tags.clone(),
+        size: document.size,
+        mime_type: document.mime_type.clone(),
+        document_type: document.kind.clone(),
+        status: document.status.as_str(),
+        processing_progress: document.progress,
+        error: document.error.clone(),
+        chunk_count: document.chunk_count,
+        embedding_count: document.embedding_count,
+        processing_time: document.processing_ms.map(|ms| ms as f64 / 1000.0),
+        uploaded_at: rfc3339(document.uploaded_at),
+        updated_at: rfc3339(document.updated_at),
+        metadata: DocumentMetadataView {
+            pages: document.pages,
+            word_count: document.word_count,
+            language: document.language.clone(),
+            sha256: document.sha256.clone(),
+        },
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetadataPart {
+    title: Option<String>,
+    description: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+/// Reads a part into memory, refusing more than `limit` bytes.
+async fn read_part(part: Part, limit: u64) -> Result<Vec<u8>, Rejection> {
+    let mut stream = part.stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.try_next().await.map_err(|err| {
+        reject(ApiError::bad_request(format!(
+            "could not read the upload: {err}"
+        )))
+    })? {
+        if bytes.len() as u64 + bytes::Buf::remaining(&chunk) as u64 > limit {
+            return Err(reject(ApiError::payload_too_large(limit)));
+        }
+        bytes.put(chunk);
+    }
+    Ok(bytes)
+}
+
+/// Upload a document (multipart: `file`, optional `metadata` JSON with title, description,
+/// tags). Answers at once with `status: processing` (or `failed` with the reason for an
+/// unsupported file); poll the document for progress.
+#[utoipa::path(post, path = "/api/knowledge/honey-pots/{honey_jar_id}/documents", tag = "knowledge",
+    params(("honey_jar_id" = Uuid, Path)), security(("bearer" = []), ("cookie" = [])),
+    request_body(content_type = "multipart/form-data", description = "`file` and optional `metadata` (JSON)"),
+    responses(
+        (status = 202, body = DocumentView),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 413, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
+        (status = 503, description = "ingestion queue full", body = ErrorEnvelope),
+    ))]
+pub async fn upload_document(
+    id: Uuid,
+    ctx: Arc<AppContext>,
+    who: Identity,
+    mut form: FormData,
+) -> Result<Response, Rejection> {
+    let limit = ctx.knowledge.max_upload_bytes();
+    let mut file: Option<(String, Vec<u8>)> = None;
+    let mut metadata = MetadataPart::default();
+    while let Some(part) = form.try_next().await.map_err(|err| {
+        reject(ApiError::bad_request(format!(
+            "malformed multipart body: {err}"
+        )))
+    })? {
+        match part.name() {
+            "file" => {
+                let filename = part.filename().unwrap_or("document").to_owned();
+                file = Some((filename, read_part(part, limit).await?));
+            }
+            "metadata" => {
+                let bytes = read_part(part, MULTIPART_OVERHEAD).await?;
+                metadata = parse_json(&bytes).map_err(|err| {
+                    let mut err = err;
+                    err.message = format!("metadata: {}", err.message);
+                    reject(err)
+                })?;
+            }
+            other => {
+                return Err(reject(ApiError::validation(
+                    other,
+                    "unknown form field (expected file and metadata)",
+                )))
+            }
+        }
+    }
+    let Some((filename, bytes)) = file else {
+        return Err(reject(ApiError::validation("file", "missing file part")));
+    };
+    let document = ctx
+        .knowledge
+        .upload(
+            &who,
+            id,
+            &filename,
+            bytes,
+            UploadMetadata {
+                title: metadata.title,
+                description: metadata.description,
+                tags: metadata.tags,
+            },
+        )
+        .await
+        .map_err(reject)?;
+    Ok(warp::reply::with_status(
+        warp::reply::json(&document_view(&document)),
+        StatusCode::ACCEPTED,
+    )
+    .into_response())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// 1–200 (default 20).
+    pub limit: Option<u32>,
+    pub offset: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DocumentList {
+    pub documents: Vec<DocumentView>,
+    pub total: u64,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+/// The documents of a jar the caller may read, newest first.
+#[utoipa::path(get, path = "/api/knowledge/honey-pots/{honey_jar_id}/documents", tag = "knowledge",
+    params(("honey_jar_id" = Uuid, Path), PageQuery), security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = DocumentList), (status = 404, body = ErrorEnvelope)))]
+pub async fn list_documents(
+    id: Uuid,
+    ctx: Arc<AppContext>,
+    who: Identity,
+    query: PageQuery,
+) -> Result<Response, Rejection> {
+    let page = page(query.limit, query.offset)?;
+    let (documents, total) = ctx
+        .knowledge
+        .list_documents(&who, id, page)
+        .await
+        .map_err(reject)?;
+    Ok(warp::reply::json(&DocumentList {
+        documents: documents.iter().map(document_view).collect(),
+        total,
+        limit: page.limit,
+        offset: page.offset,
+    })
+    .into_response())
+}
+
+/// A document's status and metadata.
+#[utoipa::path(get, path = "/api/knowledge/documents/{document_id}", tag = "knowledge",
+    params(("document_id" = Uuid, Path)), security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = DocumentView), (status = 404, body = ErrorEnvelope)))]
+pub async fn get_document(
+    id: Uuid,
+    ctx: Arc<AppContext>,
+    who: Identity,
+) -> Result<Response, Rejection> {
+    let document = ctx.knowledge.document(&who, id).await.map_err(reject)?;
+    Ok(warp::reply::json(&document_view(&document)).into_response())
+}
+
+/// Delete a document with its chunks and original (jar owner or admin).
+#[utoipa::path(delete, path = "/api/knowledge/documents/{document_id}", tag = "knowledge",
+    params(("document_id" = Uuid, Path)), security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, body = Deleted), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+pub async fn delete_document(
+    id: Uuid,
+    ctx: Arc<AppContext>,
+    who: Identity,
+) -> Result<Response, Rejection> {
+    ctx.knowledge
+        .delete_document(&who, id)
+        .await
+        .map_err(reject)?;
+    Ok(warp::reply::json(&Deleted { success: true, id }).into_response())
+}

@@ -1,0 +1,507 @@
+//! Honey jars and their documents: who may do what, and the steps around the store, the
+//! document originals and the ingestion pipeline. The edge (`edge/knowledge_api.rs`) only
+//! translates HTTP to these calls.
+//!
+//! Access: admins may do everything. Otherwise a jar is readable by its owner, by everyone when
+//! `public`, and by the users it is shared with when `shared`; only its owner manages it
+//! (update, share, upload, delete). A jar the caller cannot read is "not found" (its existence
+//! is not revealed); one they can read but not manage is "forbidden".
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use sting_actors::ingestion::blobs::{BlobError, BlobStore, MasterKey};
+use sting_actors::ingestion::extract::detect;
+use sting_actors::ingestion::pipeline::{IngestionError, IngestionHandle};
+use sting_actors::session::Identity;
+use sting_store::{
+    Document, DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings, Page, Store,
+    StoreError, Timestamp, User, UserId, Visibility,
+};
+use uuid::Uuid;
+
+/// Failures of knowledge operations, by meaning.
+#[derive(Debug, thiserror::Error)]
+pub enum KnowledgeError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("the file exceeds the upload limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error(transparent)]
+    Ingestion(#[from] IngestionError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+}
+
+type Result<T> = std::result::Result<T, KnowledgeError>;
+
+/// A new jar.
+#[derive(Debug, Clone)]
+pub struct NewJar {
+    pub name: String,
+    pub description: String,
+    pub visibility: Visibility,
+    pub tags: Vec<String>,
+    pub settings: JarSettings,
+}
+
+/// Changes to a jar; `None` keeps a field.
+#[derive(Debug, Clone, Default)]
+pub struct JarPatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub visibility: Option<Visibility>,
+    pub tags: Option<Vec<String>>,
+    pub allow_search: Option<bool>,
+    pub allow_export: Option<bool>,
+    pub encryption_enabled: Option<bool>,
+}
+
+/// What came with an upload.
+#[derive(Debug, Clone, Default)]
+pub struct UploadMetadata {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+}
+
+const MAX_NAME_CHARS: usize = 200;
+const MAX_DESCRIPTION_CHARS: usize = 4000;
+const MAX_TAGS: usize = 32;
+const MAX_TAG_CHARS: usize = 64;
+const MAX_FILENAME_CHARS: usize = 255;
+
+pub struct KnowledgeService {
+    store: Arc<dyn Store>,
+    blobs: BlobStore,
+    master_key: MasterKey,
+    ingestion: IngestionHandle,
+    max_upload_bytes: u64,
+}
+
+fn is_admin(who: &Identity) -> bool {
+    who.is_admin()
+}
+
+/// Whether `user` may read `jar`.
+pub fn can_read(jar: &HoneyJar, user: UserId, admin: bool) -> bool {
+    admin
+        || jar.owner_id == user
+        || match jar.visibility {
+            Visibility::Public => true,
+            Visibility::Shared => jar.shared_with.contains(&user),
+            Visibility::Private => false,
+        }
+}
+
+impl KnowledgeService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        blobs: BlobStore,
+        master_key: MasterKey,
+        ingestion: IngestionHandle,
+        max_upload_bytes: u64,
+    ) -> KnowledgeService {
+        KnowledgeService {
+            store,
+            blobs,
+            master_key,
+            ingestion,
+            max_upload_bytes,
+        }
+    }
+
+    pub fn max_upload_bytes(&self) -> u64 {
+        self.max_upload_bytes
+    }
+
+    pub fn ingestion(&self) -> &IngestionHandle {
+        &self.ingestion
+    }
+
+    /// The jar if `who` may read it; `NotFound` otherwise.
+    pub async fn readable(&self, who: &Identity, id: JarId) -> Result<HoneyJar> {
+        match self.store.jar(id).await? {
+            Some(jar) if can_read(&jar, who.user_id, is_admin(who)) => Ok(jar),
+            _ => Err(KnowledgeError::NotFound("honey jar")),
+        }
+    }
+
+    /// The jar if `who` may manage it; `NotFound` when they cannot even read it.
+    async fn manageable(&self, who: &Identity, id: JarId) -> Result<HoneyJar> {
+        let jar = self.readable(who, id).await?;
+        if jar.owner_id == who.user_id || is_admin(who) {
+            Ok(jar)
+        } else {
+            Err(KnowledgeError::Forbidden(
+                "only the jar's owner may change it",
+            ))
+        }
+    }
+
+    pub async fn create_jar(&self, who: &Identity, new: NewJar) -> Result<HoneyJar> {
+        let now = Timestamp::now();
+        let wrapped_key = if new.settings.encryption_enabled {
+            Some(self.master_key.new_data_key()?.1)
+        } else {
+            None
+        };
+        let jar = HoneyJar {
+            id: Uuid::new_v4(),
+            owner_id: who.user_id,
+            name: valid_name(&new.name)?,
+            description: valid_description(&new.description)?,
+            visibility: new.visibility,
+            tags: valid_tags(new.tags)?,
+            settings: new.settings,
+            shared_with: Vec::new(),
+            wrapped_key,
+            document_count: 0,
+            embedding_count: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.create_jar(&jar).await?;
+        tracing::info!(jar = %jar.id, owner = %who.user_id, "honey jar created");
+        Ok(jar)
+    }
+
+    /// Jars `who` may read, filtered; admins see every jar.
+    pub async fn list_jars(
+        &self,
+        who: &Identity,
+        mut query: JarQuery,
+    ) -> Result<(Vec<HoneyJar>, u64)> {
+        query.reader = (!is_admin(who)).then_some(who.user_id);
+        Ok(self.store.list_jars(&query).await?)
+    }
+
+    pub async fn update_jar(&self, who: &Identity, id: JarId, patch: JarPatch) -> Result<HoneyJar> {
+        let mut jar = self.manageable(who, id).await?;
+        if let Some(name) = patch.name {
+            jar.name = valid_name(&name)?;
+        }
+        if let Some(description) = patch.description {
+            jar.description = valid_description(&description)?;
+        }
+        if let Some(visibility) = patch.visibility {
+            jar.visibility = visibility;
+        }
+        if let Some(tags) = patch.tags {
+            jar.tags = valid_tags(tags)?;
+        }
+        if let Some(allow) = patch.allow_search {
+            jar.settings.allow_search = allow;
+        }
+        if let Some(allow) = patch.allow_export {
+            jar.settings.allow_export = allow;
+        }
+        if let Some(encrypt) = patch.encryption_enabled {
+            if encrypt != jar.settings.encryption_enabled {
+                return Err(KnowledgeError::Invalid {
+                    field: "settings.encryption_enabled",
+                    reason: "is chosen when the jar is created".into(),
+                });
+            }
+        }
+        jar.updated_at = Timestamp::now();
+        self.store.update_jar(&jar).await?;
+        Ok(jar)
+    }
+
+    /// Shares a jar with exactly these users (by email), replacing the previous list.
+    pub async fn share_jar(
+        &self,
+        who: &Identity,
+        id: JarId,
+        emails: &[String],
+    ) -> Result<(HoneyJar, Vec<User>)> {
+        let mut jar = self.manageable(who, id).await?;
+        let mut users = Vec::new();
+        for email in emails {
+            let normalised = email.trim().to_lowercase();
+            match self.store.user_by_email(&normalised).await? {
+                Some(user) if user.id != jar.owner_id => {
+                    if !users.iter().any(|u: &User| u.id == user.id) {
+                        users.push(user);
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    return Err(KnowledgeError::Invalid {
+                        field: "emails",
+                        reason: format!("no user with email {normalised}"),
+                    })
+                }
+            }
+        }
+        jar.shared_with = users.iter().map(|u| u.id).collect();
+        jar.updated_at = Timestamp::now();
+        self.store.update_jar(&jar).await?;
+        Ok((jar, users))
+    }
+
+    pub async fn delete_jar(&self, who: &Identity, id: JarId) -> Result<()> {
+        let jar = self.manageable(who, id).await?;
+        self.store.delete_jar(jar.id).await?;
+        self.blobs.delete_jar(jar.id).await?;
+        tracing::info!(jar = %jar.id, "honey jar deleted");
+        Ok(())
+    }
+
+    /// The users of these ids (for owner objects in listings), looked up once each.
+    pub async fn users(&self, ids: &[UserId]) -> Result<HashMap<UserId, User>> {
+        let mut found = HashMap::new();
+        for &id in ids {
+            if found.contains_key(&id) {
+                continue;
+            }
+            if let Some(user) = self.store.user(id).await? {
+                found.insert(id, user);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Stores an upload and queues it for processing. A file whose type is not supported is
+    /// kept as a `failed` document with the reason.
+    pub async fn upload(
+        &self,
+        who: &Identity,
+        jar_id: JarId,
+        filename: &str,
+        bytes: Vec<u8>,
+        metadata: UploadMetadata,
+    ) -> Result<Document> {
+        let jar = self.manageable(who, jar_id).await?;
+        if bytes.len() as u64 > self.max_upload_bytes {
+            return Err(KnowledgeError::TooLarge {
+                limit: self.max_upload_bytes,
+            });
+        }
+        if bytes.is_empty() {
+            return Err(KnowledgeError::Invalid {
+                field: "file",
+                reason: "is empty".into(),
+            });
+        }
+        let filename = sanitise_filename(filename);
+        let detected = detect(&bytes, &filename);
+        let now = Timestamp::now();
+        let title = match metadata.title {
+            Some(title) => valid_name(&title)?,
+            None => title_from(&filename),
+        };
+        let mut document = Document {
+            id: Uuid::new_v4(),
+            jar_id: jar.id,
+            uploader_id: who.user_id,
+            title,
+            description: valid_description(metadata.description.as_deref().unwrap_or(""))?,
+            tags: valid_tags(metadata.tags)?,
+            size: bytes.len() as u64,
+            mime_type: "application/octet-stream".into(),
+            kind: "unknown".into(),
+            sha256: hex::encode(Sha256::digest(&bytes)),
+            status: DocumentStatus::Processing,
+            progress: 0,
+            error: None,
+            chunk_count: 0,
+            embedding_count: 0,
+            processing_ms: None,
+            pages: None,
+            word_count: 0,
+            language: None,
+            uploaded_at: now,
+            updated_at: now,
+            filename,
+        };
+        match detected {
+            Ok(kind) => {
+                document.kind = kind.as_str().into();
+                document.mime_type = kind.mime_type().into();
+            }
+            Err(err) => {
+                document.status = DocumentStatus::Failed;
+                document.error = Some(err.to_string());
+            }
+        }
+        let key = match &jar.wrapped_key {
+            Some(wrapped) => Some(self.master_key.unwrap_key(wrapped)?),
+            None => None,
+        };
+        self.store.create_document(&document).await?;
+        if let Err(err) = self
+            .blobs
+            .put(jar.id, document.id, &bytes, key.as_ref())
+            .await
+        {
+            self.store.delete_document(document.id).await?;
+            return Err(err.into());
+        }
+        if document.status == DocumentStatus::Processing {
+            if let Err(err) = self.ingestion.submit(document.id).await {
+                // Refused (queue full): nothing of it stays behind.
+                self.store.delete_document(document.id).await?;
+                self.blobs.delete(jar.id, document.id).await?;
+                return Err(err.into());
+            }
+        }
+        tracing::info!(document = %document.id, jar = %jar.id, kind = %document.kind, size = document.size, "document uploaded");
+        Ok(document)
+    }
+
+    /// A document, if `who` may read its jar.
+    pub async fn document(&self, who: &Identity, id: DocumentId) -> Result<Document> {
+        let document = self
+            .store
+            .document(id)
+            .await?
+            .ok_or(KnowledgeError::NotFound("document"))?;
+        match self.readable(who, document.jar_id).await {
+            Ok(_) => Ok(document),
+            Err(KnowledgeError::NotFound(_)) => Err(KnowledgeError::NotFound("document")),
+            Err(err) => Err(err),
+        }
+    }
+
+    pub async fn list_documents(
+        &self,
+        who: &Identity,
+        jar_id: JarId,
+        page: Page,
+    ) -> Result<(Vec<Document>, u64)> {
+        let jar = self.readable(who, jar_id).await?;
+        Ok(self.store.list_documents(jar.id, page).await?)
+    }
+
+    pub async fn delete_document(&self, who: &Identity, id: DocumentId) -> Result<()> {
+        let document = self.document(who, id).await?;
+        self.manageable(who, document.jar_id).await?;
+        if let Some(deleted) = self.store.delete_document(id).await? {
+            if deleted.status == DocumentStatus::Processed {
+                self.store
+                    .adjust_jar_counts(deleted.jar_id, -1, -(deleted.embedding_count as i64))
+                    .await?;
+            }
+            self.blobs.delete(deleted.jar_id, deleted.id).await?;
+        }
+        Ok(())
+    }
+}
+
+fn valid_name(name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Err(KnowledgeError::Invalid {
+            field: "name",
+            reason: format!("must have 1 to {MAX_NAME_CHARS} characters"),
+        });
+    }
+    Ok(name.to_owned())
+}
+
+fn valid_description(description: &str) -> Result<String> {
+    if description.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(KnowledgeError::Invalid {
+            field: "description",
+            reason: format!("must have at most {MAX_DESCRIPTION_CHARS} characters"),
+        });
+    }
+    Ok(description.trim().to_owned())
+}
+
+/// Tags are trimmed, lowercased and deduplicated.
+fn valid_tags(tags: Vec<String>) -> Result<Vec<String>> {
+    let mut clean: Vec<String> = Vec::new();
+    for tag in tags {
+        let tag = tag.trim().to_lowercase();
+        if tag.is_empty() || tag.chars().count() > MAX_TAG_CHARS {
+            return Err(KnowledgeError::Invalid {
+                field: "tags",
+                reason: format!("each tag must have 1 to {MAX_TAG_CHARS} characters"),
+            });
+        }
+        if !clean.contains(&tag) {
+            clean.push(tag);
+        }
+    }
+    if clean.len() > MAX_TAGS {
+        return Err(KnowledgeError::Invalid {
+            field: "tags",
+            reason: format!("at most {MAX_TAGS} tags"),
+        });
+    }
+    Ok(clean)
+}
+
+/// The last path component, without control characters or characters that mean something
+/// to shells and file systems; never empty.
+pub fn sanitise_filename(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
+    let cleaned: String = base
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || matches!(c, '.' | '-' | '_' | ' ' | '(' | ')') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(MAX_FILENAME_CHARS)
+        .collect();
+    let cleaned = cleaned.trim().trim_start_matches('.').to_owned();
+    if cleaned.is_empty() {
+        "document".to_owned()
+    } else {
+        cleaned
+    }
+}
+
+/// A title from a file name: its stem, with separators as spaces.
+fn title_from(filename: &str) -> String {
+    let stem = filename.rsplit_once('.').map_or(filename, |(stem, _)| stem);
+    let title = stem.replace(['_', '-'], " ").trim().to_owned();
+    if title.is_empty() {
+        filename.to_owned()
+    } else {
+        title
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filenames_are_sanitised() {
+        assert_eq!(sanitise_filename("../../etc/passwd"), "passwd");
+        assert_eq!(sanitise_filename("C:\\Users\\me\\report.pdf"), "report.pdf");
+        assert_eq!(
+            sanitise_filename("a;rm -rf $HOME.txt"),
+            "a_rm -rf _HOME.txt"
+        );
+        assert_eq!(sanitise_filename("..."), "document");
+        assert_eq!(sanitise_filename(".hidden"), "hidden");
+        assert_eq!(sanitise_filename("bell\u{7}.md"), "bell_.md");
+        assert_eq!(sanitise_filename(&"x".repeat(400)).len(), 255);
+        assert_eq!(title_from("company_policy-2024.pdf"), "company policy 2024");
+    }
+
+    #[test]
+    fn tags_are_normalised_and_bounded() {
+        assert_eq!(
+            valid_tags(vec![" HR ".into(), "hr".into(), "Policies".into()]).unwrap(),
+            ["hr", "policies"]
+        );
+        assert!(valid_tags(vec!["".into()]).is_err());
+        assert!(valid_tags((0..33).map(|i| format!("t{i}")).collect()).is_err());
+    }
+}

@@ -1,0 +1,430 @@
+//! Honey jars and document ingestion with the fixture embedding model and real files generated
+//! here (a 3-page PDF, a DOCX, HTML, Markdown, JSON, CSV).
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sting_actors::ingestion::samples;
+
+use crate::harness::{onnxruntime_available, ServerOptions, TestServer};
+
+const PROCESSING_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn knowledge_server() -> ServerOptions {
+    ServerOptions::new().env("STING_RATE_LIMITS__UPLOAD__REQUESTS", "1000")
+}
+
+async fn create_jar(server: &TestServer, token: &str, body: Value) -> String {
+    let reply = server
+        .post("/api/knowledge/honey-pots", Some(token), body)
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    reply.body["id"].as_str().unwrap().to_owned()
+}
+
+/// Uploads a file; returns the response status and body.
+async fn upload(
+    server: &TestServer,
+    token: &str,
+    jar: &str,
+    filename: &str,
+    bytes: Vec<u8>,
+    metadata: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(bytes).file_name(filename.to_owned()),
+    );
+    if let Some(metadata) = metadata {
+        form = form.text("metadata", metadata.to_string());
+    }
+    let response = server
+        .client
+        .post(server.url(&format!("/api/knowledge/honey-pots/{jar}/documents")))
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// Polls a document until it leaves `processing`.
+async fn settled(server: &TestServer, token: &str, id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + PROCESSING_TIMEOUT;
+    loop {
+        let reply = server
+            .get(&format!("/api/knowledge/documents/{id}"), Some(token))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        if reply.body["status"] != "processing" {
+            return reply.body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still processing: {}",
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn english(topic: &str) -> String {
+    format!(
+        "This page explains {topic}. The honey bee colony works together through the seasons, \
+         and every worker has a task that changes as she grows older. Foragers collect nectar \
+         and pollen, while house bees build comb and feed the young."
+    )
+}
+
+#[tokio::test]
+async fn documents_of_every_format_are_processed() {
+    if !onnxruntime_available("documents_of_every_format_are_processed") {
+        return;
+    }
+    let server = knowledge_server().start().await;
+    let (token, _) = server.register("files@example.com").await;
+    let jar = create_jar(
+        &server,
+        &token,
+        json!({"name": "Handbook", "description": "Everything", "tags": ["HR", "bees"]}),
+    )
+    .await;
+
+    let pdf = samples::pdf(&[
+        &english("the hive"),
+        &english("vacation policy"),
+        &english("swarming"),
+    ]);
+    let docx = samples::docx(
+        "Employee Guide",
+        &[
+            (Some("Benefits"), english("benefits").as_str()),
+            (None, english("leave").as_str()),
+        ],
+    );
+    let files: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("handbook.pdf", pdf, "pdf"),
+        ("guide.docx", docx, "docx"),
+        (
+            "page.html",
+            format!("<!doctype html><html><head><title>Hive</title></head><body><h1>Hive</h1><p>{}</p><script>var x=1;</script></body></html>", english("hives")).into_bytes(),
+            "html",
+        ),
+        ("notes.md", format!("# Notes\n\n{}\n\n## More\n\n{}\n", english("notes"), english("more")).into_bytes(), "markdown"),
+        ("data.json", json!({"colony": {"queen": 1, "workers": 50000, "motto": english("data")}}).to_string().into_bytes(), "json"),
+        ("table.csv", b"name,role\nAda,forager\nBea,nurse\n".to_vec(), "csv"),
+        ("plain.txt", english("plain text").into_bytes(), "text"),
+    ];
+    let mut ids = Vec::new();
+    for (name, bytes, kind) in files {
+        let (status, body) = upload(&server, &token, &jar, name, bytes, None).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{name}: {body}");
+        assert_eq!(body["status"], "processing", "{body}");
+        assert_eq!(body["document_type"], kind, "{name}: {body}");
+        assert_eq!(body["processing_progress"], 0);
+        ids.push((name, body["id"].as_str().unwrap().to_owned()));
+    }
+    for (name, id) in &ids {
+        let document = settled(&server, &token, id).await;
+        assert_eq!(document["status"], "processed", "{name}: {document}");
+        assert!(
+            document["chunk_count"].as_u64().unwrap() >= 1,
+            "{name}: {document}"
+        );
+        assert_eq!(document["chunk_count"], document["embedding_count"]);
+        assert_eq!(document["processing_progress"], 100);
+        assert!(document["processing_time"].as_f64().is_some());
+        assert!(
+            document["metadata"]["word_count"].as_u64().unwrap() > 0,
+            "{name}: {document}"
+        );
+        if *name == "handbook.pdf" {
+            assert_eq!(document["metadata"]["pages"], 3, "{document}");
+            assert!(
+                document["chunk_count"].as_u64().unwrap() >= 3,
+                "a chunk per page at least"
+            );
+            assert_eq!(document["metadata"]["language"], "en", "{document}");
+        }
+    }
+    let jar_now = server
+        .get(&format!("/api/knowledge/honey-pots/{jar}"), Some(&token))
+        .await;
+    assert_eq!(jar_now.body["document_count"], 7, "{}", jar_now.body);
+    assert_eq!(jar_now.body["tags"], json!(["hr", "bees"]));
+    let listed = server
+        .get(
+            &format!("/api/knowledge/honey-pots/{jar}/documents?limit=5"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(listed.body["total"], 7);
+    assert_eq!(listed.body["documents"].as_array().unwrap().len(), 5);
+
+    // Deleting a document removes it and its counts.
+    let (_, pdf_id) = &ids[0];
+    let deleted = server
+        .call(
+            Method::DELETE,
+            &format!("/api/knowledge/documents/{pdf_id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.body);
+    server
+        .get(&format!("/api/knowledge/documents/{pdf_id}"), Some(&token))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND");
+    let jar_after = server
+        .get(&format!("/api/knowledge/honey-pots/{jar}"), Some(&token))
+        .await;
+    assert_eq!(jar_after.body["document_count"], 6);
+}
+
+#[tokio::test]
+async fn bad_files_fail_with_a_reason() {
+    if !onnxruntime_available("bad_files_fail_with_a_reason") {
+        return;
+    }
+    let server = knowledge_server()
+        .env("STING_KNOWLEDGE__MAX_UPLOAD_BYTES", "100000")
+        .start()
+        .await;
+    let (token, _) = server.register("badfiles@example.com").await;
+    let jar = create_jar(&server, &token, json!({"name": "Bad files"})).await;
+
+    let (status, body) = upload(
+        &server,
+        &token,
+        &jar,
+        "broken.pdf",
+        b"%PDF-1.4\n\x00\x01garbage".to_vec(),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let broken = settled(&server, &token, body["id"].as_str().unwrap()).await;
+    assert_eq!(broken["status"], "failed");
+    assert!(
+        broken["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("corrupt")),
+        "{broken}"
+    );
+
+    let png = [&b"\x89PNG\r\n\x1a\n"[..], &[0u8; 64]].concat();
+    let (status, body) = upload(&server, &token, &jar, "photo.txt", png, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "failed");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unsupported")),
+        "{body}"
+    );
+
+    // Names are sanitised; metadata is applied and validated.
+    let (_, body) = upload(
+        &server,
+        &token,
+        &jar,
+        "../../etc/passwd.md",
+        b"# Title\n\nSome words here.".to_vec(),
+        Some(json!({"title": "Safe", "tags": ["A"]})),
+    )
+    .await;
+    assert_eq!(body["filename"], "passwd.md");
+    assert_eq!(body["title"], "Safe");
+    assert_eq!(body["tags"], json!(["a"]));
+    let (status, body) = upload(
+        &server,
+        &token,
+        &jar,
+        "x.md",
+        b"# x".to_vec(),
+        Some(json!({"title": 5})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
+    let (status, body) = upload(&server, &token, &jar, "big.txt", vec![b'a'; 150_000], None).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    let listed = server
+        .get(
+            &format!("/api/knowledge/honey-pots/{jar}/documents"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(listed.body["total"], 3, "the refused upload left nothing");
+}
+
+#[tokio::test]
+async fn jar_access_follows_visibility_and_sharing() {
+    let server = knowledge_server().start().await;
+    let (alice, alice_id) = server.register("alice.jars@example.com").await;
+    let (bob, _) = server.register("bob.jars@example.com").await;
+    let (carol, _) = server.register("carol.jars@example.com").await;
+    let admin = server.admin_token("admin.jars@example.com").await;
+
+    let private = create_jar(&server, &alice, json!({"name": "Private notes"})).await;
+    let shared = create_jar(
+        &server,
+        &alice,
+        json!({"name": "Team notes", "visibility": "shared"}),
+    )
+    .await;
+    let public = create_jar(
+        &server,
+        &alice,
+        json!({"name": "Public notes", "visibility": "public", "tags": ["open"]}),
+    )
+    .await;
+    let reply = server
+        .call(
+            Method::PUT,
+            &format!("/api/knowledge/honey-pots/{shared}/shares"),
+            Some(&alice),
+            Some(json!({"emails": ["BOB.jars@example.com"]})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(
+        reply.body["shared_with"][0]["email"],
+        "bob.jars@example.com"
+    );
+
+    let names = |body: &Value| -> Vec<String> {
+        let mut names: Vec<String> = body["honey_jars"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let list = |token: String| {
+        let server = &server;
+        async move {
+            server
+                .get("/api/knowledge/honey-pots", Some(&token))
+                .await
+                .body
+        }
+    };
+    assert_eq!(
+        names(&list(alice.clone()).await),
+        ["Private notes", "Public notes", "Team notes"]
+    );
+    assert_eq!(
+        names(&list(bob.clone()).await),
+        ["Public notes", "Team notes"]
+    );
+    assert_eq!(names(&list(carol.clone()).await), ["Public notes"]);
+    assert_eq!(list(admin.clone()).await["total"], 3);
+    let bob_view = list(bob.clone()).await;
+    assert!(bob_view["honey_jars"][0]["owner"]["name"].is_string());
+    assert!(bob_view["honey_jars"][0].get("shared_with").is_none());
+
+    // Reading: (jar, user, readable)
+    let matrix = [
+        (&private, &bob, false),
+        (&private, &carol, false),
+        (&private, &admin, true),
+        (&shared, &bob, true),
+        (&shared, &carol, false),
+        (&public, &carol, true),
+    ];
+    for (jar, token, readable) in matrix {
+        for path in [
+            format!("/api/knowledge/honey-pots/{jar}"),
+            format!("/api/knowledge/honey-pots/{jar}/documents"),
+        ] {
+            let reply = server.get(&path, Some(token)).await;
+            if readable {
+                assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.body);
+            } else {
+                reply.assert_error(StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND");
+            }
+        }
+    }
+    // Readers who do not own a jar cannot change it; strangers do not learn it exists.
+    let rename = json!({"name": "Mine now"});
+    server
+        .call(
+            Method::PUT,
+            &format!("/api/knowledge/honey-pots/{shared}"),
+            Some(&bob),
+            Some(rename.clone()),
+        )
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "PERMISSION_DENIED");
+    server
+        .call(
+            Method::PUT,
+            &format!("/api/knowledge/honey-pots/{private}"),
+            Some(&bob),
+            Some(rename.clone()),
+        )
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND");
+    server
+        .call(
+            Method::DELETE,
+            &format!("/api/knowledge/honey-pots/{public}"),
+            Some(&carol),
+            None,
+        )
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "PERMISSION_DENIED");
+    let (status, _) = upload(&server, &bob, &shared, "x.txt", b"hello".to_vec(), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = upload(&server, &carol, &private, "x.txt", b"hello".to_vec(), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Filters.
+    let filtered = server
+        .get(
+            &format!("/api/knowledge/honey-pots?tag=open&owner={alice_id}"),
+            Some(&bob),
+        )
+        .await;
+    assert_eq!(names(&filtered.body), ["Public notes"]);
+    let searched = server
+        .get("/api/knowledge/honey-pots?search=team", Some(&bob))
+        .await;
+    assert_eq!(names(&searched.body), ["Team notes"]);
+    server
+        .get("/api/knowledge/honey-pots?visibility=secret", Some(&bob))
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR");
+
+    // Unsharing takes Bob's access away; the owner deletes the jar.
+    server
+        .call(
+            Method::PUT,
+            &format!("/api/knowledge/honey-pots/{shared}/shares"),
+            Some(&alice),
+            Some(json!({"emails": []})),
+        )
+        .await;
+    server
+        .get(&format!("/api/knowledge/honey-pots/{shared}"), Some(&bob))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND");
+    let deleted = server
+        .call(
+            Method::DELETE,
+            &format!("/api/knowledge/honey-pots/{shared}"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    assert_eq!(list(alice).await["total"], 2);
+}
