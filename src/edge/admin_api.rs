@@ -10,9 +10,9 @@ use uuid::Uuid;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::error::{ApiError, ErrorEnvelope};
+use super::error::ErrorEnvelope;
 use super::json::json_body;
-use super::{admin, reject, rfc3339, with_ctx};
+use super::{admin, page, reject, rfc3339, with_ctx};
 use crate::app::AppContext;
 use crate::identity::UserChanges;
 
@@ -146,19 +146,9 @@ pub async fn list_users(
     _admin: Identity,
     query: ListUsersQuery,
 ) -> Result<Response, Rejection> {
-    let limit = query.limit.unwrap_or(20);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(reject(ApiError::validation(
-            "limit",
-            format!("must be between 1 and {MAX_PAGE}"),
-        )));
-    }
-    let offset = query.offset.unwrap_or(0);
-    let (users, total) = ctx
-        .identity
-        .list_users(Page { limit, offset })
-        .await
-        .map_err(reject)?;
+    let page = page(query.limit, query.offset, 20, MAX_PAGE)?;
+    let Page { limit, offset } = page;
+    let (users, total) = ctx.identity.list_users(page).await.map_err(reject)?;
     Ok(warp::reply::json(&UserList {
         users: users.iter().map(AdminUser::of).collect(),
         total,

@@ -9,7 +9,7 @@ use sting_actors::conversation::{
     ChatError, TurnEvent, TurnOutcome, TurnRequest, TurnStream, UsageReport,
 };
 use sting_actors::session::Identity;
-use sting_store::{Conversation, ConversationSort, Message, Page, PruningRecord, SortOrder};
+use sting_store::{Conversation, ConversationSort, Message, PruningRecord, SortOrder};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use warp::reply::Response;
@@ -17,7 +17,7 @@ use warp::{Filter, Rejection, Reply};
 
 use super::error::{ApiError, ErrorEnvelope};
 use super::json::json_body;
-use super::{authenticated, reject, rfc3339, with_ctx};
+use super::{authenticated, page, reject, rfc3339, with_ctx};
 use crate::app::AppContext;
 
 /// Largest page of a listing or a history.
@@ -308,20 +308,6 @@ pub struct ConversationList {
     pub offset: u64,
 }
 
-fn page(limit: Option<u32>, default: u32, offset: Option<u64>) -> Result<Page, Rejection> {
-    let limit = limit.unwrap_or(default);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(reject(ApiError::validation(
-            "limit",
-            format!("must be between 1 and {MAX_PAGE}"),
-        )));
-    }
-    Ok(Page {
-        limit,
-        offset: offset.unwrap_or(0),
-    })
-}
-
 /// The caller's conversations.
 #[utoipa::path(get, path = "/api/chat/conversations", tag = "chat", params(ListQuery),
     security(("bearer" = []), ("cookie" = [])),
@@ -335,7 +321,7 @@ pub async fn list_conversations(
     who: Identity,
     query: ListQuery,
 ) -> Result<Response, Rejection> {
-    let page = page(query.limit, 20, query.offset)?;
+    let page = page(query.limit, query.offset, 20, MAX_PAGE)?;
     let sort = match query.sort.as_deref().unwrap_or("updated_at") {
         "updated_at" => ConversationSort::UpdatedAt,
         "created_at" => ConversationSort::CreatedAt,
@@ -433,7 +419,7 @@ pub async fn get_conversation(
     who: Identity,
     query: HistoryQuery,
 ) -> Result<Response, Rejection> {
-    let page = page(query.limit, MAX_PAGE, query.offset)?;
+    let page = page(query.limit, query.offset, MAX_PAGE, MAX_PAGE)?;
     let from_seq = page.offset.saturating_add(1);
     let (conversation, messages) = ctx
         .chat

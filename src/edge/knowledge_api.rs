@@ -7,7 +7,7 @@ use bytes::BufMut;
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use sting_actors::session::Identity;
-use sting_store::{Document, HoneyJar, JarQuery, JarSettings, Page, User, Visibility};
+use sting_store::{Document, HoneyJar, JarQuery, JarSettings, User, Visibility};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use warp::filters::multipart::{FormData, Part};
@@ -17,7 +17,7 @@ use warp::{Filter, Rejection, Reply};
 
 use super::error::{ApiError, ErrorEnvelope};
 use super::json::{json_body, parse_json};
-use super::{authenticated, reject, rfc3339, with_ctx};
+use super::{authenticated, page, reject, rfc3339, with_ctx};
 use crate::app::AppContext;
 use crate::knowledge::{JarPatch, NewJar, UploadMetadata};
 
@@ -340,20 +340,6 @@ pub struct JarList {
     pub offset: u64,
 }
 
-fn page(limit: Option<u32>, offset: Option<u64>) -> Result<Page, Rejection> {
-    let limit = limit.unwrap_or(20);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(reject(ApiError::validation(
-            "limit",
-            format!("must be between 1 and {MAX_PAGE}"),
-        )));
-    }
-    Ok(Page {
-        limit,
-        offset: offset.unwrap_or(0),
-    })
-}
-
 /// The honey jars the caller may read (admins: all), newest first.
 #[utoipa::path(get, path = "/api/knowledge/honey-pots", tag = "knowledge", params(ListJarsQuery),
     security(("bearer" = []), ("cookie" = [])),
@@ -363,7 +349,7 @@ pub async fn list_jars(
     who: Identity,
     query: ListJarsQuery,
 ) -> Result<Response, Rejection> {
-    let page = page(query.limit, query.offset)?;
+    let page = page(query.limit, query.offset, 20, MAX_PAGE)?;
     let visibility = match query.visibility.as_deref() {
         None => None,
         Some(text) => Some(Visibility::parse(text).ok_or_else(|| {
@@ -677,7 +663,7 @@ pub async fn list_documents(
     who: Identity,
     query: PageQuery,
 ) -> Result<Response, Rejection> {
-    let page = page(query.limit, query.offset)?;
+    let page = page(query.limit, query.offset, 20, MAX_PAGE)?;
     let (documents, total) = ctx
         .knowledge
         .list_documents(&who, id, page)

@@ -251,6 +251,27 @@ pub fn reject(err: impl Into<ApiError>) -> Rejection {
     warp::reject::custom(err.into())
 }
 
+/// A page window from query parameters: `limit` (default `default`, 1..=`max`, else 422) and
+/// `offset` (default 0).
+pub fn page(
+    limit: Option<u32>,
+    offset: Option<u64>,
+    default: u32,
+    max: u32,
+) -> Result<sting_store::Page, Rejection> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=max).contains(&limit) {
+        return Err(reject(ApiError::validation(
+            "limit",
+            format!("must be between 1 and {max}"),
+        )));
+    }
+    Ok(sting_store::Page {
+        limit,
+        offset: offset.unwrap_or(0),
+    })
+}
+
 /// An RFC 3339 UTC rendering of a store timestamp.
 pub fn rfc3339(ts: sting_store::Timestamp) -> String {
     chrono::DateTime::from_timestamp_millis(ts.0)

@@ -251,6 +251,13 @@ impl TestServer {
         child.wait().expect("wait for sting")
     }
 
+    /// SIGKILL (no shutdown at all), then waits for the process to go.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("server running");
+        child.kill().expect("kill -9");
+        let _ = child.wait();
+    }
+
     /// The server's log so far (for assertions about what is and is not logged).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("sting.log")).unwrap_or_default()

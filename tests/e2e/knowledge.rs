@@ -428,3 +428,81 @@ async fn jar_access_follows_visibility_and_sharing() {
     assert_eq!(deleted.status, StatusCode::OK);
     assert_eq!(list(alice).await["total"], 2);
 }
+
+#[tokio::test]
+async fn ingestion_interrupted_by_a_crash_resumes_at_restart() {
+    if !onnxruntime_available("ingestion_interrupted_by_a_crash_resumes_at_restart") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let options = || {
+        knowledge_server()
+            .env("STING_KNOWLEDGE__INGESTION_CONCURRENCY", "1")
+            .env("STING_KNOWLEDGE__EMBED_BATCH", "4")
+    };
+    let mut server = options().start_in(dir.path()).await;
+    let (token, _) = server.register("crash@example.com").await;
+    let jar = create_jar(
+        &server,
+        &token,
+        json!({"name": "Encrypted", "settings": {"encryption_enabled": true}}),
+    )
+    .await;
+    // Long enough that the crash comes while it is processed; the second one waits behind it.
+    let long = (0..3000)
+        .map(|i| format!("Paragraph {i}: {}\n\n", english("the archive")))
+        .collect::<String>();
+    let (_, first) = upload(
+        &server,
+        &token,
+        &jar,
+        "archive.txt",
+        long.into_bytes(),
+        None,
+    )
+    .await;
+    let (_, second) = upload(
+        &server,
+        &token,
+        &jar,
+        "secret.md",
+        b"# Secret\n\nThe queen's recipe is lavender honey.".to_vec(),
+        None,
+    )
+    .await;
+    server.kill();
+
+    // The originals are encrypted at rest.
+    let blob = std::fs::read(
+        dir.path()
+            .join("blobs")
+            .join(&jar)
+            .join(second["id"].as_str().unwrap()),
+    )
+    .unwrap();
+    assert!(
+        !blob.windows(8).any(|w| w == b"lavender"),
+        "stored in clear"
+    );
+
+    let server = options().start_in(dir.path()).await;
+    let login = server
+        .login("crash@example.com", "correct horse battery")
+        .await;
+    let token = login.body["session_token"].as_str().unwrap().to_owned();
+    for document in [&first, &second] {
+        let done = settled(&server, &token, document["id"].as_str().unwrap()).await;
+        assert_eq!(done["status"], "processed", "{done}");
+    }
+    assert!(
+        server
+            .log()
+            .contains("resuming documents interrupted by a restart"),
+        "the restarted node picked the documents up again"
+    );
+    let jar_now = server
+        .get(&format!("/api/knowledge/honey-pots/{jar}"), Some(&token))
+        .await;
+    assert_eq!(jar_now.body["document_count"], 2, "{}", jar_now.body);
+    assert_eq!(jar_now.body["settings"]["encryption_enabled"], true);
+}
