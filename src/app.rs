@@ -8,6 +8,7 @@ use anyhow::Context;
 use sting_actors::conversation::ConversationRegistry;
 use sting_actors::ingestion::blobs::{BlobStore, MasterKey};
 use sting_actors::ingestion::pipeline::{self, IngestionHandle};
+use sting_actors::jar_shard::ShardRegistry;
 use sting_actors::model::pool::ModelPoolHandle;
 use sting_actors::session::SessionRegistry;
 use sting_cluster::NodeId;
@@ -86,6 +87,9 @@ impl AppContext {
         let master_key = MasterKey::load_or_create(&config.data_dir.join("keys/master.key"))
             .context("loading the node's master key")?;
         let blobs = BlobStore::new(config.data_dir.join("blobs"));
+        let shards = ShardRegistry::start(store.clone(), config.shard_config())
+            .await
+            .context("starting the jar shard supervisor")?;
         let ingestion = IngestionHandle::start(pipeline::Context {
             store: store.clone(),
             pool: models.clone(),
@@ -93,6 +97,7 @@ impl AppContext {
             master_key: master_key.clone(),
             config: config.ingestion_config(),
             counters: Default::default(),
+            shards: shards.clone(),
         })
         .await
         .context("starting the ingestion pipeline")?;
@@ -111,7 +116,9 @@ impl AppContext {
             blobs,
             master_key,
             ingestion,
-            config.knowledge.max_upload_bytes,
+            shards,
+            models.clone(),
+            &config,
         );
 
         let bootstrap = &config.bootstrap;
@@ -177,6 +184,7 @@ impl AppContext {
         // Conversation actors release their leases, so another node can take over at once.
         self.chat.shutdown().await;
         self.knowledge.ingestion().shutdown().await;
+        self.knowledge.shards().shutdown().await;
         self.identity.sessions().shutdown().await;
         match self.store.flush().await {
             Ok(()) => tracing::info!("store flushed"),

@@ -146,6 +146,9 @@ pub struct KnowledgeConfig {
     pub ingestion_concurrency: usize,
     pub ingestion_queue_depth: usize,
     pub embed_batch: usize,
+    pub shards_per_jar: u32,
+    pub shard_lease_ttl_secs: u64,
+    pub shard_idle_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -307,6 +310,9 @@ impl Config {
         if knowledge.max_upload_bytes == 0
             || knowledge.ingestion_concurrency == 0
             || knowledge.embed_batch == 0
+            || knowledge.shards_per_jar == 0
+            || knowledge.shard_lease_ttl_secs == 0
+            || knowledge.shard_idle_secs == 0
             || knowledge.chunk_max_tokens < 16
         {
             return invalid("knowledge limits must be positive (chunk_max_tokens at least 16)");
@@ -410,6 +416,17 @@ impl Config {
             concurrency: knowledge.ingestion_concurrency,
             queue_depth: knowledge.ingestion_queue_depth,
             embed_batch: knowledge.embed_batch,
+        }
+    }
+
+    /// How honey-jar shards are laid out and kept on this node.
+    pub fn shard_config(&self) -> sting_actors::jar_shard::ShardConfig {
+        let knowledge = &self.knowledge;
+        sting_actors::jar_shard::ShardConfig {
+            node: self.node_name(),
+            shards_per_jar: knowledge.shards_per_jar,
+            lease_ttl: Duration::from_secs(knowledge.shard_lease_ttl_secs),
+            idle_timeout: Duration::from_secs(knowledge.shard_idle_secs),
         }
     }
 

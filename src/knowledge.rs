@@ -14,6 +14,9 @@ use sha2::{Digest, Sha256};
 use sting_actors::ingestion::blobs::{BlobError, BlobStore, MasterKey};
 use sting_actors::ingestion::extract::detect;
 use sting_actors::ingestion::pipeline::{IngestionError, IngestionHandle};
+use sting_actors::jar_shard::{SearchHit, ShardError, ShardQuery, ShardRegistry};
+use sting_actors::model::pool::ModelPoolHandle;
+use sting_actors::model::ModelError;
 use sting_actors::session::Identity;
 use sting_store::{
     Document, DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings, Page, Store,
@@ -38,6 +41,10 @@ pub enum KnowledgeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Blob(#[from] BlobError),
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
 }
 
 type Result<T> = std::result::Result<T, KnowledgeError>;
@@ -83,8 +90,35 @@ pub struct KnowledgeService {
     blobs: BlobStore,
     master_key: MasterKey,
     ingestion: IngestionHandle,
+    shards: ShardRegistry,
+    models: ModelPoolHandle,
+    embedding_model: String,
     max_upload_bytes: u64,
 }
+
+/// A search over honey jars.
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    pub query: String,
+    /// Empty: every jar the caller may search.
+    pub jar_ids: Vec<JarId>,
+    pub document_types: Vec<String>,
+    pub tags: Vec<String>,
+    pub limit: usize,
+}
+
+/// Search results with their totals.
+#[derive(Debug, Clone)]
+pub struct SearchResults {
+    pub hits: Vec<SearchHit>,
+    pub total: usize,
+    pub searched_documents: usize,
+}
+
+/// Most characters of a search query.
+const MAX_QUERY_CHARS: usize = 2000;
+/// Most results one search returns.
+pub const MAX_SEARCH_LIMIT: usize = 100;
 
 fn is_admin(who: &Identity) -> bool {
     who.is_admin()
@@ -107,15 +141,103 @@ impl KnowledgeService {
         blobs: BlobStore,
         master_key: MasterKey,
         ingestion: IngestionHandle,
-        max_upload_bytes: u64,
+        shards: ShardRegistry,
+        models: ModelPoolHandle,
+        config: &crate::config::Config,
     ) -> KnowledgeService {
         KnowledgeService {
             store,
             blobs,
             master_key,
             ingestion,
-            max_upload_bytes,
+            shards,
+            models,
+            embedding_model: config.embedding_model(),
+            max_upload_bytes: config.knowledge.max_upload_bytes,
         }
+    }
+
+    pub fn shards(&self) -> &ShardRegistry {
+        &self.shards
+    }
+
+    /// Hybrid search over the jars the caller may search: named ones must be readable (404
+    /// otherwise) and searchable by the caller (`allow_search`, or they own it: 403 otherwise);
+    /// without names, every jar they may read and search.
+    pub async fn search(&self, who: &Identity, request: SearchRequest) -> Result<SearchResults> {
+        let query = request.query.trim();
+        if query.is_empty() || query.chars().count() > MAX_QUERY_CHARS {
+            return Err(KnowledgeError::Invalid {
+                field: "query",
+                reason: format!("must have 1 to {MAX_QUERY_CHARS} characters"),
+            });
+        }
+        if !(1..=MAX_SEARCH_LIMIT).contains(&request.limit) {
+            return Err(KnowledgeError::Invalid {
+                field: "limit",
+                reason: format!("must be between 1 and {MAX_SEARCH_LIMIT}"),
+            });
+        }
+        let searchable = |jar: &HoneyJar| {
+            jar.settings.allow_search || jar.owner_id == who.user_id || is_admin(who)
+        };
+        let jars: Vec<JarId> = if request.jar_ids.is_empty() {
+            self.store
+                .readable_jars(who.user_id)
+                .await?
+                .iter()
+                .filter(|jar| searchable(jar))
+                .map(|jar| jar.id)
+                .collect()
+        } else {
+            let mut ids = Vec::new();
+            for &id in &request.jar_ids {
+                let jar = self.readable(who, id).await?;
+                if !searchable(&jar) {
+                    return Err(KnowledgeError::Forbidden(
+                        "this honey jar does not allow search",
+                    ));
+                }
+                if !ids.contains(&jar.id) {
+                    ids.push(jar.id);
+                }
+            }
+            ids
+        };
+        if jars.is_empty() {
+            return Ok(SearchResults {
+                hits: Vec::new(),
+                total: 0,
+                searched_documents: 0,
+            });
+        }
+        let embedding = self
+            .models
+            .embed(&self.embedding_model, vec![query.to_owned()])
+            .await?
+            .pop()
+            .map(|e| e.vector)
+            .unwrap_or_default();
+        let shard_query = ShardQuery {
+            text: query.to_owned(),
+            embedding,
+            document_types: request.document_types,
+            tags: request
+                .tags
+                .iter()
+                .map(|t| t.trim().to_lowercase())
+                .collect(),
+            depth: (request.limit * 5).max(50),
+        };
+        let (hits, total, searched_documents) = self
+            .shards
+            .search(&jars, shard_query, request.limit)
+            .await?;
+        Ok(SearchResults {
+            hits,
+            total,
+            searched_documents,
+        })
     }
 
     pub fn max_upload_bytes(&self) -> u64 {
@@ -251,6 +373,7 @@ impl KnowledgeService {
     pub async fn delete_jar(&self, who: &Identity, id: JarId) -> Result<()> {
         let jar = self.manageable(who, id).await?;
         self.store.delete_jar(jar.id).await?;
+        self.shards.jar_deleted(jar.id);
         self.blobs.delete_jar(jar.id).await?;
         tracing::info!(jar = %jar.id, "honey jar deleted");
         Ok(())
@@ -391,6 +514,7 @@ impl KnowledgeService {
                     .adjust_jar_counts(deleted.jar_id, -1, -(deleted.embedding_count as i64))
                     .await?;
             }
+            self.shards.document_changed(deleted.jar_id, deleted.id);
             self.blobs.delete(deleted.jar_id, deleted.id).await?;
         }
         Ok(())

@@ -6,11 +6,14 @@
 //! ```text
 //! SessionSupervisor ── SessionActor (one per active login session)
 //! ConversationSupervisor ── ConversationActor (one per active conversation)
+//! IngestionPipeline ── DocumentIngestion (one per document being processed)
+//! ShardSupervisor ── JarShardActor (one per active honey-jar shard)
 //! ModelPool ── ModelWorker (one per loaded model)
 //! ```
 
 pub mod conversation;
 pub mod ingestion;
+pub mod jar_shard;
 pub mod model;
 pub mod session;
 mod supervision;

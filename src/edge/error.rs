@@ -16,6 +16,7 @@ use warp::{Rejection, Reply};
 
 use crate::identity::IdentityError;
 use crate::knowledge::KnowledgeError;
+use sting_actors::jar_shard::ShardError;
 
 tokio::task_local! {
     /// The id of the request being served, set by the edge around each request.
@@ -334,6 +335,12 @@ impl From<KnowledgeError> for ApiError {
             KnowledgeError::Ingestion(IngestionError::Unavailable(message)) => {
                 tracing::error!(error = %message, "ingestion pipeline unavailable");
                 ApiError::unavailable("document processing is unavailable")
+            }
+            KnowledgeError::Model(err) => err.into(),
+            KnowledgeError::Shard(ShardError::Store(err)) => err.into(),
+            KnowledgeError::Shard(err) => {
+                tracing::error!(error = %err, "search failed");
+                ApiError::unavailable("search is unavailable; retry shortly")
             }
             KnowledgeError::Blob(err) => {
                 tracing::error!(error = %err, "document storage failed");

@@ -19,7 +19,7 @@ use super::error::{ApiError, ErrorEnvelope};
 use super::json::{json_body, parse_json};
 use super::{authenticated, page, reject, rfc3339, with_ctx};
 use crate::app::AppContext;
-use crate::knowledge::{JarPatch, NewJar, UploadMetadata};
+use crate::knowledge::{JarPatch, NewJar, SearchRequest, UploadMetadata};
 
 const MAX_PAGE: u32 = 200;
 /// Room for the multipart framing and the metadata part beside the file.
@@ -101,9 +101,18 @@ pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
         .and_then(get_document);
     let delete_document = document
         .and(warp::delete())
-        .and(with_ctx(ctx))
+        .and(with_ctx(ctx.clone()))
         .and(authenticated())
         .and_then(delete_document);
+    let search = warp::path("api")
+        .and(warp::path("knowledge"))
+        .and(warp::path("search"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_ctx(ctx))
+        .and(authenticated())
+        .and(json_body::<SearchBody>(limit))
+        .and_then(search);
     create
         .or(list)
         .unify()
@@ -122,6 +131,8 @@ pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
         .or(get_document)
         .unify()
         .or(delete_document)
+        .unify()
+        .or(search)
         .unify()
         .boxed()
 }
@@ -705,4 +716,128 @@ pub async fn delete_document(
         .await
         .map_err(reject)?;
     Ok(warp::reply::json(&Deleted { success: true, id }).into_response())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchBody {
+    pub query: String,
+    /// Jars to search; omitted or empty: every jar the caller may search.
+    #[serde(default)]
+    pub honey_jar_ids: Vec<Uuid>,
+    #[serde(default)]
+    pub filters: SearchFilters,
+    /// 1–100 (default 10).
+    #[serde(default = "default_limit")]
+    pub limit: usize,
+    /// Include each chunk's text (default true).
+    #[serde(default = "yes")]
+    pub include_content: bool,
+}
+
+fn default_limit() -> usize {
+    10
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchFilters {
+    /// pdf, docx, markdown, html, text, json, csv.
+    #[serde(default)]
+    pub document_types: Vec<String>,
+    /// Documents carrying any of these tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchResultView {
+    /// `<document_id>:<chunk number>`.
+    pub id: String,
+    pub document_id: Uuid,
+    pub honey_jar_id: Uuid,
+    pub title: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// Reciprocal-rank fusion of BM25 and vector rankings, in 0..1 (see docs/knowledge.md).
+    pub score: f32,
+    pub metadata: ResultMetadata,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResultMetadata {
+    pub page: Option<u32>,
+    pub section: Option<String>,
+    pub document_type: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchResponse {
+    pub results: Vec<SearchResultView>,
+    /// Distinct chunks either ranking found.
+    pub total_results: usize,
+    /// Seconds.
+    pub query_time: f64,
+    /// Processed documents in the searched jars.
+    pub searched_documents: usize,
+}
+
+/// Hybrid search (BM25 + vectors, fused by reciprocal rank) over honey jars the caller may
+/// search.
+#[utoipa::path(post, path = "/api/knowledge/search", tag = "knowledge", request_body = SearchBody,
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, body = SearchResponse),
+        (status = 403, description = "a named jar does not allow search", body = ErrorEnvelope),
+        (status = 404, description = "a named jar is not readable", body = ErrorEnvelope),
+        (status = 422, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope),
+    ))]
+pub async fn search(
+    ctx: Arc<AppContext>,
+    who: Identity,
+    body: SearchBody,
+) -> Result<Response, Rejection> {
+    let started = std::time::Instant::now();
+    let results = ctx
+        .knowledge
+        .search(
+            &who,
+            SearchRequest {
+                query: body.query,
+                jar_ids: body.honey_jar_ids,
+                document_types: body.filters.document_types,
+                tags: body.filters.tags,
+                limit: body.limit,
+            },
+        )
+        .await
+        .map_err(reject)?;
+    let include = body.include_content;
+    Ok(warp::reply::json(&SearchResponse {
+        results: results
+            .hits
+            .into_iter()
+            .map(|hit| SearchResultView {
+                id: format!("{}:{}", hit.document_id, hit.seq),
+                document_id: hit.document_id,
+                honey_jar_id: hit.jar_id,
+                title: hit.title,
+                content: include.then_some(hit.text),
+                score: hit.score,
+                metadata: ResultMetadata {
+                    page: hit.page,
+                    section: hit.section,
+                    document_type: hit.kind,
+                },
+            })
+            .collect(),
+        total_results: results.total,
+        query_time: started.elapsed().as_secs_f64(),
+        searched_documents: results.searched_documents,
+    })
+    .into_response())
 }

@@ -506,3 +506,183 @@ async fn ingestion_interrupted_by_a_crash_resumes_at_restart() {
     assert_eq!(jar_now.body["document_count"], 2, "{}", jar_now.body);
     assert_eq!(jar_now.body["settings"]["encryption_enabled"], true);
 }
+
+async fn search(server: &TestServer, token: &str, body: Value) -> crate::harness::Reply {
+    server
+        .post("/api/knowledge/search", Some(token), body)
+        .await
+}
+
+fn result_documents(reply: &crate::harness::Reply) -> Vec<String> {
+    reply.body["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", reply.body))
+        .iter()
+        .map(|r| r["document_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn search_finds_pages_and_never_leaks_other_jars() {
+    if !onnxruntime_available("search_finds_pages_and_never_leaks_other_jars") {
+        return;
+    }
+    let server = knowledge_server().start().await;
+    let (alice, _) = server.register("alice.search@example.com").await;
+    let (bob, _) = server.register("bob.search@example.com").await;
+    let jar = create_jar(&server, &alice, json!({"name": "Alice's handbook"})).await;
+    let pdf = samples::pdf(&[
+        &english("the hive"),
+        "Page two describes the lavender meadow protocol for late summer foraging.",
+        &english("winter"),
+    ]);
+    let (_, pdf_doc) = upload(
+        &server,
+        &alice,
+        &jar,
+        "handbook.pdf",
+        pdf,
+        Some(json!({"tags": ["policy"]})),
+    )
+    .await;
+    let (_, md_doc) = upload(
+        &server,
+        &alice,
+        &jar,
+        "notes.md",
+        b"# Notes\n\nThe meadow is quiet in winter.".to_vec(),
+        None,
+    )
+    .await;
+    let pdf_id = pdf_doc["id"].as_str().unwrap().to_owned();
+    let md_id = md_doc["id"].as_str().unwrap().to_owned();
+    for id in [&pdf_id, &md_id] {
+        assert_eq!(settled(&server, &alice, id).await["status"], "processed");
+    }
+
+    let found = search(
+        &server,
+        &alice,
+        json!({"query": "lavender meadow protocol"}),
+    )
+    .await;
+    assert_eq!(found.status, StatusCode::OK, "{}", found.body);
+    let first = &found.body["results"][0];
+    assert_eq!(first["document_id"], pdf_id.as_str(), "{}", found.body);
+    assert_eq!(first["metadata"]["page"], 2, "{}", found.body);
+    assert_eq!(first["honey_jar_id"], jar.as_str());
+    assert_eq!(first["title"], "handbook");
+    assert!(first["content"]
+        .as_str()
+        .unwrap()
+        .contains("lavender meadow protocol"));
+    let score = first["score"].as_f64().unwrap();
+    assert!(score > 0.0 && score <= 1.0);
+    assert_eq!(found.body["searched_documents"], 2);
+    assert!(found.body["total_results"].as_u64().unwrap() >= 2);
+    assert!(found.body["query_time"].as_f64().is_some());
+
+    // Filters.
+    let markdown_only = search(
+        &server,
+        &alice,
+        json!({"query": "meadow", "filters": {"document_types": ["markdown"]}}),
+    )
+    .await;
+    assert!(
+        result_documents(&markdown_only).iter().all(|d| *d == md_id),
+        "{}",
+        markdown_only.body
+    );
+    let tagged = search(
+        &server,
+        &alice,
+        json!({"query": "meadow", "filters": {"tags": ["POLICY"]}, "include_content": false}),
+    )
+    .await;
+    assert!(!result_documents(&tagged).is_empty());
+    assert!(
+        result_documents(&tagged).iter().all(|d| *d == pdf_id),
+        "{}",
+        tagged.body
+    );
+    assert!(tagged.body["results"][0].get("content").is_none());
+
+    // Bob: a named private jar is not found; an open search never shows Alice's chunks.
+    search(
+        &server,
+        &bob,
+        json!({"query": "lavender", "honey_jar_ids": [jar]}),
+    )
+    .await
+    .assert_error(StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND");
+    let open = search(&server, &bob, json!({"query": "lavender meadow protocol"})).await;
+    assert_eq!(open.status, StatusCode::OK);
+    assert!(result_documents(&open).is_empty(), "{}", open.body);
+    // Public but closed to search: readable, not searchable by others.
+    server
+        .call(
+            Method::PUT,
+            &format!("/api/knowledge/honey-pots/{jar}"),
+            Some(&alice),
+            Some(json!({"visibility": "public", "settings": {"allow_search": false}})),
+        )
+        .await;
+    search(
+        &server,
+        &bob,
+        json!({"query": "lavender", "honey_jar_ids": [jar]}),
+    )
+    .await
+    .assert_error(StatusCode::FORBIDDEN, "PERMISSION_DENIED");
+    assert!(
+        result_documents(&search(&server, &bob, json!({"query": "lavender"})).await).is_empty()
+    );
+    server
+        .call(
+            Method::PUT,
+            &format!("/api/knowledge/honey-pots/{jar}"),
+            Some(&alice),
+            Some(json!({"settings": {"allow_search": true}})),
+        )
+        .await;
+    let shared = search(&server, &bob, json!({"query": "lavender meadow protocol"})).await;
+    assert_eq!(
+        result_documents(&shared)[0],
+        pdf_id,
+        "public and searchable now"
+    );
+
+    // Bad requests.
+    for bad in [
+        json!({"query": ""}),
+        json!({"query": "x", "limit": 0}),
+        json!({"query": "x", "limit": 101}),
+    ] {
+        search(&server, &alice, bad)
+            .await
+            .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR");
+    }
+
+    // A deleted document is gone from search at once.
+    server
+        .call(
+            Method::DELETE,
+            &format!("/api/knowledge/documents/{pdf_id}"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    let after = search(
+        &server,
+        &alice,
+        json!({"query": "lavender meadow protocol"}),
+    )
+    .await;
+    assert!(
+        !result_documents(&after).contains(&pdf_id),
+        "{}",
+        after.body
+    );
+    assert_eq!(after.body["searched_documents"], 1);
+}

@@ -19,6 +19,7 @@ use sting_store::{Chunk, Document, DocumentId, DocumentStatus, Store, StoreError
 use super::blobs::{BlobError, BlobStore, MasterKey};
 use super::chunk::{chunk, ChunkingConfig};
 use super::extract::{extract, DocumentKind};
+use crate::jar_shard::ShardRegistry;
 use crate::model::pool::ModelPoolHandle;
 use crate::model::tokens::TokenCounters;
 use crate::model::ModelError;
@@ -61,6 +62,8 @@ pub struct Context {
     pub master_key: MasterKey,
     pub config: IngestionConfig,
     pub counters: TokenCounters,
+    /// Told when a document's chunks changed, so live shards index them.
+    pub shards: ShardRegistry,
 }
 
 /// A cloneable handle to the node's pipeline.
@@ -387,6 +390,9 @@ async fn run(context: &Context, mut document: Document, started: Instant) -> Res
     store
         .adjust_jar_counts(document.jar_id, 1, chunks.len() as i64)
         .await?;
+    context
+        .shards
+        .document_changed(document.jar_id, document.id);
     tracing::info!(
         document = %document.id,
         chunks = chunks.len(),
