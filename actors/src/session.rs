@@ -314,15 +314,11 @@ async fn activate(
     state: &mut SupervisorState,
 ) -> Result<ActorRef<SessionMsg>, SessionError> {
     let name = actor_name(&args.session.token_hash);
-    // Another request may have activated it while this one read the store.
-    if let Some(existing) = ActorRef::<SessionMsg>::where_is(&name) {
-        return Ok(existing);
-    }
-    let (actor, _) = Actor::spawn_linked(Some(name), SessionActor, args, supervisor)
+    state
+        .children
+        .activate(name, SessionActor, args, supervisor)
         .await
-        .map_err(|err| SessionError::Unavailable(err.to_string()))?;
-    state.children.add(actor.get_id());
-    Ok(actor)
+        .map_err(|err| SessionError::Unavailable(err.to_string()))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use ractor::{ActorId, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorId, ActorRef, SpawnErr, SupervisionEvent};
 
 /// The live children of one supervisor; `live` is read by health checks and metrics.
 pub(crate) struct Children {
@@ -20,9 +20,22 @@ impl Children {
         }
     }
 
-    pub(crate) fn add(&mut self, id: ActorId) {
-        self.ids.insert(id);
+    /// The live child registered as `name`, or a new one spawned linked to `supervisor`
+    /// (another request may have activated it meanwhile: names are unique per node).
+    pub(crate) async fn activate<A: Actor>(
+        &mut self,
+        name: String,
+        actor: A,
+        args: A::Arguments,
+        supervisor: ActorCell,
+    ) -> Result<ActorRef<A::Msg>, SpawnErr> {
+        if let Some(existing) = ActorRef::<A::Msg>::where_is(name.clone()) {
+            return Ok(existing);
+        }
+        let (child, _) = Actor::spawn_linked(Some(name), actor, args, supervisor).await?;
+        self.ids.insert(child.get_id());
         self.publish();
+        Ok(child)
     }
 
     /// Forgets the child that `event` reports terminated or failed (failures are logged as

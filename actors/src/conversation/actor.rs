@@ -69,23 +69,12 @@ impl Actor for ConversationSupervisor {
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         let SupervisorMsg::Activate(id, reply) = message;
-        let name = actor_name(id);
-        // Another request may have activated it meanwhile.
-        let result = match ActorRef::<ConversationMsg>::where_is(name.clone()) {
-            Some(existing) => Ok(existing),
-            None => {
-                let args = (id, state.shared.clone());
-                match Actor::spawn_linked(Some(name), ConversationActor, args, myself.get_cell())
-                    .await
-                {
-                    Ok((actor, _)) => {
-                        state.children.add(actor.get_id());
-                        Ok(actor)
-                    }
-                    Err(err) => Err(ChatError::Unavailable(err.to_string())),
-                }
-            }
-        };
+        let args = (id, state.shared.clone());
+        let result = state
+            .children
+            .activate(actor_name(id), ConversationActor, args, myself.get_cell())
+            .await
+            .map_err(|err| ChatError::Unavailable(err.to_string()));
         let _ = reply.send(result);
         Ok(())
     }

@@ -312,21 +312,17 @@ impl Actor for ShardSupervisor {
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         let SupervisorMsg::Activate(jar, shard, reply) = message;
-        let name = actor_name(jar, shard);
-        let result = match ActorRef::<ShardMsg>::where_is(name.clone()) {
-            Some(existing) => Ok(existing),
-            None => {
-                let args = (jar, shard, state.shared.clone());
-                match Actor::spawn_linked(Some(name), JarShardActor, args, myself.get_cell()).await
-                {
-                    Ok((actor, _)) => {
-                        state.children.add(actor.get_id());
-                        Ok(actor)
-                    }
-                    Err(err) => Err(ShardError::Unavailable(err.to_string())),
-                }
-            }
-        };
+        let args = (jar, shard, state.shared.clone());
+        let result = state
+            .children
+            .activate(
+                actor_name(jar, shard),
+                JarShardActor,
+                args,
+                myself.get_cell(),
+            )
+            .await
+            .map_err(|err| ShardError::Unavailable(err.to_string()));
         let _ = reply.send(result);
         Ok(())
     }
