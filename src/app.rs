@@ -28,7 +28,7 @@ pub struct AppContext {
     pub identity: IdentityService,
     pub models: ModelPoolHandle,
     pub chat: ConversationRegistry,
-    pub knowledge: KnowledgeService,
+    pub knowledge: Arc<KnowledgeService>,
     pub rate_limits: RateLimits,
     pub metrics: Metrics,
     pub host: Arc<HostSampler>,
@@ -78,11 +78,6 @@ impl AppContext {
         let models = ModelPoolHandle::start(config.pool_config())
             .await
             .context("starting the model pool")?;
-        // No knowledge layer yet: turns that name honey jars are refused.
-        let chat =
-            ConversationRegistry::start(store.clone(), models.clone(), config.chat_policy(), None)
-                .await
-                .context("starting the conversation supervisor")?;
 
         let master_key = MasterKey::load_or_create(&config.data_dir.join("keys/master.key"))
             .context("loading the node's master key")?;
@@ -111,7 +106,7 @@ impl AppContext {
                 "resuming documents interrupted by a restart"
             );
         }
-        let knowledge = KnowledgeService::new(
+        let knowledge = Arc::new(KnowledgeService::new(
             store.clone(),
             blobs,
             master_key,
@@ -119,7 +114,18 @@ impl AppContext {
             shards,
             models.clone(),
             &config,
-        );
+        ));
+
+        // Chat turns that name honey jars retrieve through the knowledge service.
+        let retriever: Arc<dyn sting_actors::conversation::Retriever> = knowledge.clone();
+        let chat = ConversationRegistry::start(
+            store.clone(),
+            models.clone(),
+            config.chat_policy(),
+            Some(retriever),
+        )
+        .await
+        .context("starting the conversation supervisor")?;
 
         let bootstrap = &config.bootstrap;
         if !bootstrap.admin_email.is_empty() {

@@ -11,12 +11,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
+use sting_actors::conversation::{fit_passages, system_text, ChatPolicy, Passage};
 use sting_actors::ingestion::blobs::{BlobError, BlobStore, MasterKey};
 use sting_actors::ingestion::extract::detect;
 use sting_actors::ingestion::pipeline::{IngestionError, IngestionHandle};
 use sting_actors::jar_shard::{SearchHit, ShardError, ShardQuery, ShardRegistry};
 use sting_actors::model::pool::ModelPoolHandle;
-use sting_actors::model::ModelError;
+use sting_actors::model::tokens::TokenCounters;
+use sting_actors::model::worker::GenerateRequest;
+use sting_actors::model::{
+    ChatMessage, GenerationEvent, ModelError, ModelKind, Role, SamplingParams,
+};
 use sting_actors::session::Identity;
 use sting_store::{
     Document, DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings, Page, Store,
@@ -94,7 +99,52 @@ pub struct KnowledgeService {
     models: ModelPoolHandle,
     embedding_model: String,
     max_upload_bytes: u64,
+    /// Bee's prompt, default model and token budget, shared with chat.
+    chat: ChatPolicy,
+    counters: TokenCounters,
 }
+
+/// A question to answer from honey jars.
+#[derive(Debug, Clone)]
+pub struct AskRequest {
+    pub question: String,
+    pub jar_ids: Vec<JarId>,
+    /// Chunks to retrieve (1–20).
+    pub context_limit: usize,
+    pub model: Option<String>,
+}
+
+/// A grounded answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub text: String,
+    /// The chunks the model was given, as numbered in its prompt.
+    pub sources: Vec<SearchHit>,
+    pub confidence: f32,
+    pub model: String,
+}
+
+/// Most chunks one question may use.
+pub const MAX_CONTEXT_LIMIT: usize = 20;
+
+/// Who reads: the rights that decide which jars a search may touch.
+#[derive(Debug, Clone, Copy)]
+pub struct Reader {
+    pub user_id: UserId,
+    pub admin: bool,
+}
+
+impl From<&Identity> for Reader {
+    fn from(who: &Identity) -> Reader {
+        Reader {
+            user_id: who.user_id,
+            admin: who.is_admin(),
+        }
+    }
+}
+
+/// Chunks a chat turn naming honey jars gets in its prompt.
+const CHAT_PASSAGES: usize = 5;
 
 /// A search over honey jars.
 #[derive(Debug, Clone)]
@@ -154,7 +204,121 @@ impl KnowledgeService {
             models,
             embedding_model: config.embedding_model(),
             max_upload_bytes: config.knowledge.max_upload_bytes,
+            chat: config.chat_policy(),
+            counters: TokenCounters::default(),
         }
+    }
+
+    /// Answers a question from the jars the caller may search: the best `context_limit` chunks
+    /// become numbered sources in Bee's prompt (as many as the model's token budget holds,
+    /// best first), and the model answers greedily. `confidence` is the mean relevance score
+    /// (0..1) of the sources it was given; 0 when nothing relevant was found.
+    pub async fn ask(&self, who: Reader, request: AskRequest) -> Result<Answer> {
+        if !(1..=MAX_CONTEXT_LIMIT).contains(&request.context_limit) {
+            return Err(KnowledgeError::Invalid {
+                field: "context_limit",
+                reason: format!("must be between 1 and {MAX_CONTEXT_LIMIT}"),
+            });
+        }
+        let model = request
+            .model
+            .clone()
+            .unwrap_or_else(|| self.chat.default_model.clone());
+        let info = self.models.info(&model).await?;
+        let template = match (info.model.manifest.kind, &info.model.manifest.chat_template) {
+            (ModelKind::Chat, Some(template)) => template.clone(),
+            _ => {
+                return Err(KnowledgeError::Invalid {
+                    field: "model",
+                    reason: "not a chat model".into(),
+                })
+            }
+        };
+        let results = self
+            .search(
+                who,
+                SearchRequest {
+                    query: request.question.clone(),
+                    jar_ids: request.jar_ids,
+                    document_types: Vec::new(),
+                    tags: Vec::new(),
+                    limit: request.context_limit,
+                },
+            )
+            .await
+            .map_err(|err| match err {
+                KnowledgeError::Invalid {
+                    field: "query",
+                    reason,
+                } => KnowledgeError::Invalid {
+                    field: "question",
+                    reason,
+                },
+                err => err,
+            })?;
+        let counter = self.counters.get(&model, Some(&info.model))?;
+        let budget = self.chat.budget(info.model.manifest.context_length);
+        let question = request.question.trim();
+        let sources = results.hits;
+        let mut passages: Vec<Passage> = sources
+            .iter()
+            .map(|hit| Passage {
+                title: hit.title.clone(),
+                page: hit.page,
+                content: hit.text.clone(),
+            })
+            .collect();
+        let fixed = counter.count(&template.segment(Role::User, question))?
+            + counter.count(&template.generation_prompt)?;
+        let room = budget.saturating_sub(fixed as u64);
+        fit_passages(
+            &counter,
+            &template,
+            &self.chat.system_prompt,
+            None,
+            &mut passages,
+            room,
+        )?;
+        let system = system_text(&self.chat.system_prompt, None, &passages);
+        let sources: Vec<SearchHit> = sources.into_iter().take(passages.len()).collect();
+        let generation = GenerateRequest {
+            messages: vec![
+                ChatMessage {
+                    role: Role::System,
+                    content: system,
+                },
+                ChatMessage {
+                    role: Role::User,
+                    content: question.to_owned(),
+                },
+            ],
+            params: SamplingParams {
+                temperature: 0.0,
+                max_tokens: self.chat.default_max_tokens,
+                ..SamplingParams::default()
+            },
+        };
+        let (mut events, _) = self.models.generate(&model, generation).await?;
+        let mut text = String::new();
+        loop {
+            match events.recv().await {
+                Some(GenerationEvent::Text(piece)) => text.push_str(&piece),
+                Some(GenerationEvent::Done(_)) => break,
+                Some(GenerationEvent::Failed(err)) => return Err(err.into()),
+                None => return Err(ModelError::Stopped.into()),
+            }
+        }
+        let confidence = if sources.is_empty() {
+            0.0
+        } else {
+            sources.iter().map(|hit| hit.score).sum::<f32>() / sources.len() as f32
+        };
+        Ok(Answer {
+            text: text.trim().to_owned(),
+            sources,
+            confidence,
+            model,
+        })
     }
 
     pub fn shards(&self) -> &ShardRegistry {
@@ -164,7 +328,7 @@ impl KnowledgeService {
     /// Hybrid search over the jars the caller may search: named ones must be readable (404
     /// otherwise) and searchable by the caller (`allow_search`, or they own it: 403 otherwise);
     /// without names, every jar they may read and search.
-    pub async fn search(&self, who: &Identity, request: SearchRequest) -> Result<SearchResults> {
+    pub async fn search(&self, who: Reader, request: SearchRequest) -> Result<SearchResults> {
         let query = request.query.trim();
         if query.is_empty() || query.chars().count() > MAX_QUERY_CHARS {
             return Err(KnowledgeError::Invalid {
@@ -178,9 +342,8 @@ impl KnowledgeService {
                 reason: format!("must be between 1 and {MAX_SEARCH_LIMIT}"),
             });
         }
-        let searchable = |jar: &HoneyJar| {
-            jar.settings.allow_search || jar.owner_id == who.user_id || is_admin(who)
-        };
+        let searchable =
+            |jar: &HoneyJar| jar.settings.allow_search || jar.owner_id == who.user_id || who.admin;
         let jars: Vec<JarId> = if request.jar_ids.is_empty() {
             self.store
                 .readable_jars(who.user_id)
@@ -192,7 +355,7 @@ impl KnowledgeService {
         } else {
             let mut ids = Vec::new();
             for &id in &request.jar_ids {
-                let jar = self.readable(who, id).await?;
+                let jar = self.readable_by(who, id).await?;
                 if !searchable(&jar) {
                     return Err(KnowledgeError::Forbidden(
                         "this honey jar does not allow search",
@@ -250,8 +413,12 @@ impl KnowledgeService {
 
     /// The jar if `who` may read it; `NotFound` otherwise.
     pub async fn readable(&self, who: &Identity, id: JarId) -> Result<HoneyJar> {
+        self.readable_by(Reader::from(who), id).await
+    }
+
+    async fn readable_by(&self, who: Reader, id: JarId) -> Result<HoneyJar> {
         match self.store.jar(id).await? {
-            Some(jar) if can_read(&jar, who.user_id, is_admin(who)) => Ok(jar),
+            Some(jar) if can_read(&jar, who.user_id, who.admin) => Ok(jar),
             _ => Err(KnowledgeError::NotFound("honey jar")),
         }
     }
@@ -597,6 +764,61 @@ fn title_from(filename: &str) -> String {
         filename.to_owned()
     } else {
         title
+    }
+}
+
+/// Chat turns that name honey jars get the same retrieval as search (with the rights of the
+/// user only: an admin's turn does not reach jars they could not read as a user).
+impl sting_actors::conversation::Retriever for KnowledgeService {
+    fn retrieve<'a>(
+        &'a self,
+        user_id: UserId,
+        honey_jar_ids: &'a [Uuid],
+        query: &'a str,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = std::result::Result<
+                        Vec<sting_actors::conversation::Passage>,
+                        sting_actors::conversation::ChatError,
+                    >,
+                > + Send
+                + 'a,
+        >,
+    > {
+        use sting_actors::conversation::{ChatError, Passage};
+        Box::pin(async move {
+            let request = SearchRequest {
+                query: query.to_owned(),
+                jar_ids: honey_jar_ids.to_vec(),
+                document_types: Vec::new(),
+                tags: Vec::new(),
+                limit: CHAT_PASSAGES,
+            };
+            let reader = Reader {
+                user_id,
+                admin: false,
+            };
+            match self.search(reader, request).await {
+                Ok(results) => Ok(results
+                    .hits
+                    .into_iter()
+                    .map(|hit| Passage {
+                        title: hit.title,
+                        page: hit.page,
+                        content: hit.text,
+                    })
+                    .collect()),
+                Err(KnowledgeError::NotFound(_)) | Err(KnowledgeError::Forbidden(_)) => {
+                    Err(ChatError::Invalid {
+                        field: "context.honey_jar_ids",
+                        reason: "a named honey jar does not exist or cannot be searched".into(),
+                    })
+                }
+                Err(KnowledgeError::Model(err)) => Err(ChatError::Model(err)),
+                Err(err) => Err(ChatError::Unavailable(err.to_string())),
+            }
+        })
     }
 }
 

@@ -686,3 +686,110 @@ async fn search_finds_pages_and_never_leaks_other_jars() {
     );
     assert_eq!(after.body["searched_documents"], 1);
 }
+
+#[tokio::test]
+async fn ask_and_chat_answer_from_permitted_jars_with_sources() {
+    if !onnxruntime_available("ask_and_chat_answer_from_permitted_jars_with_sources") {
+        return;
+    }
+    let server = knowledge_server()
+        .env("STING_CHAT__SYSTEM_PROMPT", "You are Bee.")
+        .env("STING_RATE_LIMITS__CHAT__REQUESTS", "1000")
+        .start()
+        .await;
+    let (alice, _) = server.register("alice.ask@example.com").await;
+    let (bob, _) = server.register("bob.ask@example.com").await;
+    let jar = create_jar(&server, &alice, json!({"name": "Field guide"})).await;
+    let pdf = samples::pdf(&[
+        &english("hives"),
+        "The lavender meadow protocol starts in August.",
+    ]);
+    let (_, doc) = upload(&server, &alice, &jar, "guide.pdf", pdf, None).await;
+    let doc_id = doc["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        settled(&server, &alice, &doc_id).await["status"],
+        "processed"
+    );
+
+    let asked = server
+        .post(
+            "/api/knowledge/ask",
+            Some(&alice),
+            json!({"question": "When does the lavender meadow protocol start?", "honey_jar_ids": [jar], "context_limit": 3}),
+        )
+        .await;
+    assert_eq!(asked.status, StatusCode::OK, "{}", asked.body);
+    let source = &asked.body["sources"][0];
+    assert_eq!(source["document_id"], doc_id.as_str(), "{}", asked.body);
+    assert_eq!(source["page"], 2);
+    assert_eq!(source["title"], "guide");
+    assert_eq!(asked.body["model_used"], "fixture-chat");
+    assert!(asked.body["answer"].is_string());
+    let confidence = asked.body["confidence"].as_f64().unwrap();
+    assert!(confidence > 0.0 && confidence <= 1.0, "{}", asked.body);
+    assert!(asked.body["response_time"].as_f64().is_some());
+
+    server
+        .post(
+            "/api/knowledge/ask",
+            Some(&bob),
+            json!({"question": "lavender?", "honey_jar_ids": [jar]}),
+        )
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND");
+    let nothing = server
+        .post(
+            "/api/knowledge/ask",
+            Some(&bob),
+            json!({"question": "lavender meadow protocol"}),
+        )
+        .await;
+    assert_eq!(nothing.body["sources"], json!([]), "{}", nothing.body);
+    assert_eq!(nothing.body["confidence"], 0.0);
+    server
+        .post(
+            "/api/knowledge/ask",
+            Some(&alice),
+            json!({"question": "x", "context_limit": 0}),
+        )
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR");
+
+    // A chat turn naming the jar gets the sources in its prompt; Bob's naming it is refused.
+    let question = "When does the lavender meadow protocol start?";
+    let plain = server
+        .post(
+            "/api/chat/message",
+            Some(&alice),
+            json!({"message": question, "context": {"max_tokens": 2}}),
+        )
+        .await;
+    let grounded = server
+        .post(
+            "/api/chat/message",
+            Some(&alice),
+            json!({"message": question, "context": {"max_tokens": 2, "honey_jar_ids": [jar]}}),
+        )
+        .await;
+    assert_eq!(grounded.status, StatusCode::OK, "{}", grounded.body);
+    let tokens =
+        |reply: &crate::harness::Reply| reply.body["metadata"]["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        tokens(&grounded) > tokens(&plain),
+        "sources were added: {} vs {}",
+        grounded.body,
+        plain.body
+    );
+    let refused = server
+        .post(
+            "/api/chat/message",
+            Some(&bob),
+            json!({"message": question, "context": {"honey_jar_ids": [jar]}}),
+        )
+        .await;
+    refused.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR");
+    assert_eq!(
+        refused.body["error"]["details"]["field"],
+        "context.honey_jar_ids"
+    );
+}

@@ -358,9 +358,22 @@ async fn run_turn(state: &mut ConversationState, turn: Turn) -> Result<(), ChatE
         }
     };
 
+    // Retrieved sources take what room the budget leaves the message: the weakest go first.
+    let prompt = model.prompt();
+    let mut passages = passages;
+    let room =
+        budget.saturating_sub(prompt.message(Role::User, &text)? + prompt.generation_prompt()?);
+    let summary = state.conversation.as_ref().and_then(|c| c.summary.clone());
+    prompt::fit_passages(
+        &model.counter,
+        &model.template,
+        &policy.system_prompt,
+        summary.as_deref(),
+        &mut passages,
+        room,
+    )?;
     // Refuse, before writing anything, a message that cannot fit even alone.
     let bare_system = prompt::system_text(&policy.system_prompt, None, &passages);
-    let prompt = model.prompt();
     let alone = prompt.message(Role::System, &state.system_text(&passages))?
         + prompt.message(Role::User, &text)?
         + prompt.generation_prompt()?;

@@ -39,7 +39,7 @@ use crate::model::tokens::TokenCounters;
 use crate::model::ModelError;
 use actor::{ConversationMsg, SupervisorMsg};
 
-pub use prompt::{Passage, TokenUsage};
+pub use prompt::{fit_passages, system_text, Passage, TokenUsage};
 
 /// How long a quick call to a conversation actor (usage) may wait; longer for pruning, which
 /// runs the model.

@@ -16,6 +16,8 @@ use crate::model::{ChatMessage, ModelError, Role};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Passage {
     pub title: String,
+    /// Page of the source, for paged documents.
+    pub page: Option<u32>,
     pub content: String,
 }
 
@@ -29,8 +31,12 @@ pub fn system_text(system_prompt: &str, summary: Option<&str>, passages: &[Passa
     if !passages.is_empty() {
         text.push_str("\n\nAnswer from these sources when they are relevant and cite them as [n]:");
         for (n, passage) in passages.iter().enumerate() {
+            let page = passage
+                .page
+                .map(|p| format!(", page {p}"))
+                .unwrap_or_default();
             text.push_str(&format!(
-                "\n[{}] {}: {}",
+                "\n[{}] {}{page}: {}",
                 n + 1,
                 passage.title,
                 passage.content
@@ -38,6 +44,39 @@ pub fn system_text(system_prompt: &str, summary: Option<&str>, passages: &[Passa
         }
     }
     text
+}
+
+/// Shrinks `passages` until the system message they make (with `system_prompt` and `summary`)
+/// takes at most `room` tokens: the last (weakest) passage is cut to fit, or dropped when
+/// little of it would be left.
+pub fn fit_passages(
+    counter: &TokenCounter,
+    template: &ChatTemplate,
+    system_prompt: &str,
+    summary: Option<&str>,
+    passages: &mut Vec<Passage>,
+    room: u64,
+) -> Result<(), ModelError> {
+    /// Fewer tokens than this left of a passage are not worth keeping.
+    const MIN_PASSAGE_TOKENS: u64 = 16;
+    loop {
+        let system = system_text(system_prompt, summary, passages);
+        let tokens = counter.count(&template.segment(Role::System, &system))? as u64;
+        let Some(last) = passages.last_mut() else {
+            return Ok(());
+        };
+        if tokens <= room {
+            return Ok(());
+        }
+        let excess = tokens - room;
+        let own = counter.count(&last.content)? as u64;
+        if own >= excess + MIN_PASSAGE_TOKENS {
+            // A little more than the excess: token counts of a cut text are not additive.
+            last.content = counter.truncate(&last.content, (own - excess - 4) as usize)?;
+        } else {
+            passages.pop();
+        }
+    }
 }
 
 /// The chat messages for the model: the system message, then the conversation.
