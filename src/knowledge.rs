@@ -170,10 +170,6 @@ const MAX_QUERY_CHARS: usize = 2000;
 /// Most results one search returns.
 pub const MAX_SEARCH_LIMIT: usize = 100;
 
-fn is_admin(who: &Identity) -> bool {
-    who.is_admin()
-}
-
 /// Whether `user` may read `jar`.
 pub fn can_read(jar: &HoneyJar, user: UserId, admin: bool) -> bool {
     admin
@@ -426,7 +422,7 @@ impl KnowledgeService {
     /// The jar if `who` may manage it; `NotFound` when they cannot even read it.
     async fn manageable(&self, who: &Identity, id: JarId) -> Result<HoneyJar> {
         let jar = self.readable(who, id).await?;
-        if jar.owner_id == who.user_id || is_admin(who) {
+        if jar.owner_id == who.user_id || who.is_admin() {
             Ok(jar)
         } else {
             Err(KnowledgeError::Forbidden(
@@ -468,7 +464,7 @@ impl KnowledgeService {
         who: &Identity,
         mut query: JarQuery,
     ) -> Result<(Vec<HoneyJar>, u64)> {
-        query.reader = (!is_admin(who)).then_some(who.user_id);
+        query.reader = (!who.is_admin()).then_some(who.user_id);
         Ok(self.store.list_jars(&query).await?)
     }
 

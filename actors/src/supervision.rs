@@ -1,10 +1,14 @@
-//! What the node's supervisors share: the set of their live children, counted into a gauge.
+//! What the node's supervisors and their lease-holding children share: the set of live
+//! children, counted into a gauge, and the renewal of a child's lease.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use ractor::{Actor, ActorCell, ActorId, ActorRef, SpawnErr, SupervisionEvent};
+use sting_store::{Lease, Store, StoreError, Timestamp};
 
 /// The live children of one supervisor; `live` is read by health checks and metrics.
 pub(crate) struct Children {
@@ -57,4 +61,20 @@ impl Children {
     fn publish(&self) {
         self.live.store(self.ids.len() as u64, Ordering::Relaxed);
     }
+}
+
+/// Renews `lease` for `ttl` once less than two thirds of it is left (so a holder that ticks every
+/// third of the ttl never lets it lapse); a lease that moved to another holder is an error.
+pub(crate) async fn renew_if_due(
+    store: &dyn Store,
+    lease: &mut Lease,
+    ttl: Duration,
+) -> Result<(), StoreError> {
+    let ttl = ttl.as_millis().min(i64::MAX as u128) as i64;
+    let now = Timestamp::now();
+    if lease.expires_at.0 - now.0 > ttl * 2 / 3 {
+        return Ok(());
+    }
+    *lease = store.renew_lease(lease, ttl, now).await?;
+    Ok(())
 }

@@ -19,8 +19,13 @@ pub fn owner<'a>(key: &[u8], members: &'a [NodeId]) -> Option<&'a NodeId> {
 }
 
 fn weight(key: &[u8], member: &NodeId) -> u64 {
-    let member_seed = xxh3_64_with_seed(member.as_str().as_bytes(), 0);
-    xxh3_64_with_seed(key, member_seed)
+    xxh3_64_with_seed(key, stable_hash(member.as_str().as_bytes()))
+}
+
+/// A hash of `bytes` that is the same in every process and version (xxh3, seed 0), for
+/// anything nodes must agree on without talking (placement, shard assignment).
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    xxh3_64_with_seed(bytes, 0)
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use crate::model::manifest::ChatTemplate;
 use crate::model::tokens::TokenCounter;
 use crate::model::worker::GenerateRequest;
 use crate::model::{GenerationEvent, ModelError, ModelKind, Role, SamplingParams};
-use crate::supervision::Children;
+use crate::supervision::{self, Children};
 
 /// Characters of a title (from the first message) and of the latest-message preview.
 const TITLE_CHARS: usize = 80;
@@ -248,17 +248,8 @@ async fn tick(state: &mut ConversationState) -> bool {
 }
 
 async fn renew_if_due(state: &mut ConversationState) -> Result<(), StoreError> {
-    let now = Timestamp::now();
-    let ttl = millis(state.shared.policy.lease_ttl);
-    if state.lease.expires_at.0 - now.0 > ttl * 2 / 3 {
-        return Ok(());
-    }
-    state.lease = state
-        .shared
-        .store
-        .renew_lease(&state.lease, ttl, now)
-        .await?;
-    Ok(())
+    let ttl = state.shared.policy.lease_ttl;
+    supervision::renew_if_due(state.shared.store.as_ref(), &mut state.lease, ttl).await
 }
 
 /// Writes the record and new messages under the lease; the in-memory state follows only

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use sting_store::{DocumentId, DocumentStatus, JarId, Lease, Page, Store, StoreError, Timestamp};
 
-use crate::supervision::Children;
+use crate::supervision::{self, Children};
 use index::{RankedHit, ShardIndex};
 
 /// The RRF constant (the usual 60: it damps the weight of the very first ranks).
@@ -88,16 +88,9 @@ pub struct ShardAnswer {
     documents: usize,
 }
 
+/// The shard of a document: a hash every node computes the same way.
 fn shard_of(document: DocumentId, shards: u32) -> u32 {
-    (xxhash(document.as_bytes()) % shards.max(1) as u64) as u32
-}
-
-/// A stable hash (std's is randomised per process, and shards must agree across nodes).
-fn xxhash(bytes: &[u8]) -> u64 {
-    // FNV-1a: tiny, stable, good enough to spread random UUIDs.
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
+    (sting_cluster::placement::stable_hash(document.as_bytes()) % shards.max(1) as u64) as u32
 }
 
 fn actor_name(jar: JarId, shard: u32) -> String {
@@ -426,16 +419,13 @@ impl Actor for JarShardActor {
                     myself.stop(Some("idle".into()));
                     return Ok(());
                 }
-                let ttl = config.lease_ttl.as_millis() as i64;
-                let now = Timestamp::now();
-                if state.lease.expires_at.0 - now.0 <= ttl * 2 / 3 {
-                    match state.shared.store.renew_lease(&state.lease, ttl, now).await {
-                        Ok(lease) => state.lease = lease,
-                        Err(err) => {
-                            tracing::warn!(jar = %state.jar, shard = state.shard, error = %err, "jar shard lease lost");
-                            myself.stop(Some("lease lost".into()));
-                        }
-                    }
+                let ttl = config.lease_ttl;
+                let store = state.shared.store.clone();
+                if let Err(err) =
+                    supervision::renew_if_due(store.as_ref(), &mut state.lease, ttl).await
+                {
+                    tracing::warn!(jar = %state.jar, shard = state.shard, error = %err, "jar shard lease lost");
+                    myself.stop(Some("lease lost".into()));
                 }
             }
         }
