@@ -67,6 +67,8 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     pub max_body_bytes: u64,
+    pub max_import_bytes: u64,
+    pub max_import_unpacked_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -248,8 +250,12 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
-        if self.limits.max_body_bytes == 0 {
-            return invalid("limits.max_body_bytes must be positive");
+        let limits = &self.limits;
+        if limits.max_body_bytes == 0
+            || limits.max_import_bytes == 0
+            || limits.max_import_unpacked_bytes == 0
+        {
+            return invalid("limits must be positive");
         }
         if self.server.max_connections == 0 {
             return invalid("server.max_connections must be positive");

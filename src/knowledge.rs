@@ -7,14 +7,16 @@
 //! (update, share, upload, delete). A jar the caller cannot read is "not found" (its existence
 //! is not revealed); one they can read but not manage is "forbidden".
 
+pub mod hjx;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use sting_actors::conversation::{fit_passages, system_text, ChatPolicy, Passage};
-use sting_actors::ingestion::blobs::{BlobError, BlobStore, MasterKey};
+use sting_actors::ingestion::blobs::{BlobError, BlobStore, DataKey, MasterKey};
 use sting_actors::ingestion::extract::detect;
-use sting_actors::ingestion::pipeline::{IngestionError, IngestionHandle};
+use sting_actors::ingestion::pipeline::{store_processed, IngestionError, IngestionHandle};
 use sting_actors::jar_shard::{SearchHit, ShardError, ShardQuery, ShardRegistry};
 use sting_actors::model::pool::ModelPoolHandle;
 use sting_actors::model::tokens::TokenCounters;
@@ -24,8 +26,8 @@ use sting_actors::model::{
 };
 use sting_actors::session::Identity;
 use sting_store::{
-    Document, DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings, Page, Store,
-    StoreError, Timestamp, User, UserId, Visibility,
+    Chunk, Document, DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings, Page,
+    Store, StoreError, Timestamp, User, UserId, Visibility,
 };
 use uuid::Uuid;
 
@@ -50,6 +52,12 @@ pub enum KnowledgeError {
     Shard(#[from] ShardError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// An HJX archive that cannot be imported.
+    #[error(transparent)]
+    Archive(#[from] hjx::HjxError),
+    /// A failure that is nobody's fault but the node's (logged, not shown).
+    #[error("{0}")]
+    Internal(String),
 }
 
 type Result<T> = std::result::Result<T, KnowledgeError>;
@@ -99,6 +107,8 @@ pub struct KnowledgeService {
     models: ModelPoolHandle,
     embedding_model: String,
     max_upload_bytes: u64,
+    max_import_bytes: u64,
+    max_import_unpacked_bytes: u64,
     /// Bee's prompt, default model and token budget, shared with chat.
     chat: ChatPolicy,
     counters: TokenCounters,
@@ -165,6 +175,33 @@ pub struct SearchResults {
     pub searched_documents: usize,
 }
 
+/// An exported jar.
+#[derive(Debug)]
+pub struct Export {
+    /// `<jar name>.hjx`, reduced to characters safe in a Content-Disposition header.
+    pub filename: String,
+    pub archive: Vec<u8>,
+}
+
+/// What an import created.
+#[derive(Debug)]
+pub struct Imported {
+    pub jar: HoneyJar,
+    pub documents: usize,
+    /// The archive's embedding model is not this node's: the documents are re-embedded here
+    /// (`processing` until done) instead of keeping the archive's chunks.
+    pub reembedding: bool,
+}
+
+/// A checked document of an archive, ready to store.
+struct Incoming {
+    /// Its record as created (`processing`).
+    document: Document,
+    original: Vec<u8>,
+    /// Its processed record and the archive's chunks, when they are kept.
+    processed: Option<(Document, Vec<Chunk>)>,
+}
+
 /// Most characters of a search query.
 const MAX_QUERY_CHARS: usize = 2000;
 /// Most results one search returns.
@@ -200,6 +237,8 @@ impl KnowledgeService {
             models,
             embedding_model: config.embedding_model(),
             max_upload_bytes: config.knowledge.max_upload_bytes,
+            max_import_bytes: config.limits.max_import_bytes,
+            max_import_unpacked_bytes: config.limits.max_import_unpacked_bytes,
             chat: config.chat_policy(),
             counters: TokenCounters::default(),
         }
@@ -403,6 +442,10 @@ impl KnowledgeService {
         self.max_upload_bytes
     }
 
+    pub fn max_import_bytes(&self) -> u64 {
+        self.max_import_bytes
+    }
+
     pub fn ingestion(&self) -> &IngestionHandle {
         &self.ingestion
     }
@@ -432,15 +475,23 @@ impl KnowledgeService {
     }
 
     pub async fn create_jar(&self, who: &Identity, new: NewJar) -> Result<HoneyJar> {
+        let jar = self.new_jar(who.user_id, new)?;
+        self.store.create_jar(&jar).await?;
+        tracing::info!(jar = %jar.id, owner = %who.user_id, "honey jar created");
+        Ok(jar)
+    }
+
+    /// A checked jar record owned by `owner` (with its data key when it encrypts), not stored.
+    fn new_jar(&self, owner: UserId, new: NewJar) -> Result<HoneyJar> {
         let now = Timestamp::now();
         let wrapped_key = if new.settings.encryption_enabled {
             Some(self.master_key.new_data_key()?.1)
         } else {
             None
         };
-        let jar = HoneyJar {
+        Ok(HoneyJar {
             id: Uuid::new_v4(),
-            owner_id: who.user_id,
+            owner_id: owner,
             name: valid_name(&new.name)?,
             description: valid_description(&new.description)?,
             visibility: new.visibility,
@@ -452,10 +503,15 @@ impl KnowledgeService {
             embedding_count: 0,
             created_at: now,
             updated_at: now,
-        };
-        self.store.create_jar(&jar).await?;
-        tracing::info!(jar = %jar.id, owner = %who.user_id, "honey jar created");
-        Ok(jar)
+        })
+    }
+
+    /// The jar's data key, when it encrypts its originals.
+    fn data_key(&self, jar: &HoneyJar) -> Result<Option<DataKey>> {
+        Ok(match &jar.wrapped_key {
+            Some(wrapped) => Some(self.master_key.unwrap_key(wrapped)?),
+            None => None,
+        })
     }
 
     /// Jars `who` may read, filtered; admins see every jar.
@@ -535,10 +591,16 @@ impl KnowledgeService {
 
     pub async fn delete_jar(&self, who: &Identity, id: JarId) -> Result<()> {
         let jar = self.manageable(who, id).await?;
-        self.store.delete_jar(jar.id).await?;
-        self.shards.jar_deleted(jar.id);
-        self.blobs.delete_jar(jar.id).await?;
+        self.remove_jar(jar.id).await?;
         tracing::info!(jar = %jar.id, "honey jar deleted");
+        Ok(())
+    }
+
+    /// Deletes a jar with its documents, chunks, shards and originals.
+    async fn remove_jar(&self, id: JarId) -> Result<()> {
+        self.store.delete_jar(id).await?;
+        self.shards.jar_deleted(id);
+        self.blobs.delete_jar(id).await?;
         Ok(())
     }
 
@@ -578,60 +640,10 @@ impl KnowledgeService {
                 reason: "is empty".into(),
             });
         }
-        let filename = sanitise_filename(filename);
-        let detected = detect(&bytes, &filename);
-        let now = Timestamp::now();
-        let title = match metadata.title {
-            Some(title) => valid_name(&title)?,
-            None => title_from(&filename),
-        };
-        let mut document = Document {
-            id: Uuid::new_v4(),
-            jar_id: jar.id,
-            uploader_id: who.user_id,
-            title,
-            description: valid_description(metadata.description.as_deref().unwrap_or(""))?,
-            tags: valid_tags(metadata.tags)?,
-            size: bytes.len() as u64,
-            mime_type: "application/octet-stream".into(),
-            kind: "unknown".into(),
-            sha256: hex::encode(Sha256::digest(&bytes)),
-            status: DocumentStatus::Processing,
-            progress: 0,
-            error: None,
-            chunk_count: 0,
-            embedding_count: 0,
-            processing_ms: None,
-            pages: None,
-            word_count: 0,
-            language: None,
-            uploaded_at: now,
-            updated_at: now,
-            filename,
-        };
-        match detected {
-            Ok(kind) => {
-                document.kind = kind.as_str().into();
-                document.mime_type = kind.mime_type().into();
-            }
-            Err(err) => {
-                document.status = DocumentStatus::Failed;
-                document.error = Some(err.to_string());
-            }
-        }
-        let key = match &jar.wrapped_key {
-            Some(wrapped) => Some(self.master_key.unwrap_key(wrapped)?),
-            None => None,
-        };
-        self.store.create_document(&document).await?;
-        if let Err(err) = self
-            .blobs
-            .put(jar.id, document.id, &bytes, key.as_ref())
-            .await
-        {
-            self.store.delete_document(document.id).await?;
-            return Err(err.into());
-        }
+        let document = new_document(jar.id, who.user_id, filename, &bytes, metadata)?;
+        let key = self.data_key(&jar)?;
+        self.store_original(&jar, key.as_ref(), &document, &bytes)
+            .await?;
         if document.status == DocumentStatus::Processing {
             if let Err(err) = self.ingestion.submit(document.id).await {
                 // Refused (queue full): nothing of it stays behind.
@@ -642,6 +654,235 @@ impl KnowledgeService {
         }
         tracing::info!(document = %document.id, jar = %jar.id, kind = %document.kind, size = document.size, "document uploaded");
         Ok(document)
+    }
+
+    /// Stores a new document's record and its original (sealed with the jar's key when given);
+    /// the record goes again when the original cannot be written.
+    async fn store_original(
+        &self,
+        jar: &HoneyJar,
+        key: Option<&DataKey>,
+        document: &Document,
+        bytes: &[u8],
+    ) -> Result<()> {
+        self.store.create_document(document).await?;
+        if let Err(err) = self.blobs.put(jar.id, document.id, bytes, key).await {
+            self.store.delete_document(document.id).await?;
+            return Err(err.into());
+        }
+        Ok(())
+    }
+
+    /// The jar as an HJX archive (see [`hjx`]): its processed documents with their originals
+    /// (decrypted), chunks and embeddings; the others are listed in the manifest as skipped.
+    /// The owner and admins may always export; other readers only when the jar allows it.
+    pub async fn export(&self, who: &Identity, id: JarId) -> Result<Export> {
+        let jar = self.readable(who, id).await?;
+        if !(jar.owner_id == who.user_id || who.is_admin() || jar.settings.allow_export) {
+            return Err(KnowledgeError::Forbidden(
+                "this honey jar does not allow export",
+            ));
+        }
+        let model = hjx::EmbeddingModel {
+            name: self.embedding_model.clone(),
+            dimensions: self.embedding_dimensions().await?,
+        };
+        let key = self.data_key(&jar)?;
+        // Every document of the jar, in one consistent read.
+        let every = Page {
+            limit: u32::MAX,
+            offset: 0,
+        };
+        let (documents, _) = self.store.list_documents(jar.id, every).await?;
+        let mut writer = hjx::Writer::new(chrono::Utc::now());
+        for document in documents {
+            if document.status != DocumentStatus::Processed {
+                writer.skip(&document);
+                continue;
+            }
+            let chunks = self.store.document_chunks(document.id).await?;
+            let original = self.blobs.get(jar.id, document.id, key.as_ref()).await;
+            if self.store.document(document.id).await?.is_none() {
+                continue; // deleted while it was read: left out rather than half exported
+            }
+            let original = original?;
+            writer = blocking(move || {
+                writer
+                    .add_document(&document, &original, chunks)
+                    .map_err(archive_failed)?;
+                Ok(writer)
+            })
+            .await?;
+        }
+        let documents = writer.document_count();
+        let filename = attachment_name(&jar.name);
+        let jar_id = jar.id;
+        let archive = blocking(move || writer.finish(&jar, model).map_err(archive_failed)).await?;
+        tracing::info!(jar = %jar_id, user = %who.user_id, documents, bytes = archive.len(), "honey jar exported");
+        Ok(Export { filename, archive })
+    }
+
+    /// A new private jar owned by `who` from an HJX archive (`name` overrides the archive's).
+    /// The whole archive is checked before anything is written, and a jar whose writing fails
+    /// midway is deleted again. The archive's chunks and embeddings are kept when its embedding
+    /// model is this node's (same name and dimensions); otherwise the originals go through the
+    /// ingestion pipeline to be embedded here.
+    pub async fn import(
+        &self,
+        who: &Identity,
+        archive: Vec<u8>,
+        name: Option<String>,
+    ) -> Result<Imported> {
+        if archive.len() as u64 > self.max_import_bytes {
+            return Err(KnowledgeError::TooLarge {
+                limit: self.max_import_bytes,
+            });
+        }
+        let name = name.map(|name| valid_name(&name)).transpose()?;
+        let limits = hjx::Limits {
+            max_unpacked_bytes: self.max_import_unpacked_bytes,
+            max_original_bytes: self.max_upload_bytes,
+        };
+        let archive = blocking(move || Ok(hjx::read(&archive, limits)?)).await?;
+        let ours = hjx::EmbeddingModel {
+            name: self.embedding_model.clone(),
+            dimensions: self.embedding_dimensions().await?,
+        };
+        let reembedding = archive.embedding_model != ours;
+        let source = archive.honey_jar;
+        let settings = JarSettings {
+            allow_search: source.settings.allow_search,
+            allow_export: source.settings.allow_export,
+            encryption_enabled: source.settings.encryption_enabled,
+        };
+        // Never the archive's visibility: a public or shared jar from someone else's archive
+        // would expose its content to users the importer did not choose.
+        let new = NewJar {
+            name: name.unwrap_or(source.name),
+            description: source.description,
+            visibility: Visibility::Private,
+            tags: source.tags,
+            settings,
+        };
+        let jar = self
+            .new_jar(who.user_id, new)
+            .map_err(|err| in_manifest("honey_jar", err))?;
+        let mut incoming = Vec::with_capacity(archive.documents.len());
+        for (i, item) in archive.documents.into_iter().enumerate() {
+            let entry = item.entry;
+            let at = format!("documents[{i}]");
+            let metadata = UploadMetadata {
+                title: Some(entry.title),
+                description: Some(entry.description),
+                tags: entry.tags,
+            };
+            let document = new_document(
+                jar.id,
+                who.user_id,
+                &entry.filename,
+                &item.original,
+                metadata,
+            )
+            .map_err(|err| in_manifest(&at, err))?;
+            if document.status == DocumentStatus::Failed {
+                return Err(hjx::HjxError::Invalid {
+                    entry: entry.original,
+                    reason: document.error.unwrap_or_default(),
+                }
+                .into());
+            }
+            let language = entry.metadata.language;
+            if language.as_ref().is_some_and(|code| {
+                code.len() > 8 || !code.chars().all(|c| c.is_ascii_alphabetic())
+            }) {
+                return Err(in_manifest(
+                    &at,
+                    KnowledgeError::Invalid {
+                        field: "metadata.language",
+                        reason: "must be a language code".into(),
+                    },
+                ));
+            }
+            let processed = (!reembedding).then(|| {
+                let count = item.chunks.len() as u64;
+                let done = Document {
+                    status: DocumentStatus::Processed,
+                    progress: 100,
+                    chunk_count: count,
+                    embedding_count: count,
+                    pages: entry.metadata.pages,
+                    word_count: entry.metadata.word_count,
+                    language,
+                    ..document.clone()
+                };
+                let chunks = item
+                    .chunks
+                    .into_iter()
+                    .map(|chunk| chunk.into_chunk(jar.id, done.id))
+                    .collect();
+                (done, chunks)
+            });
+            incoming.push(Incoming {
+                document,
+                original: item.original,
+                processed,
+            });
+        }
+
+        let key = self.data_key(&jar)?;
+        let documents = incoming.len();
+        self.store.create_jar(&jar).await?;
+        if let Err(err) = self.store_imported(&jar, key.as_ref(), incoming).await {
+            tracing::warn!(jar = %jar.id, error = %err, "import failed; removing the jar it created");
+            if let Err(cleanup) = self.remove_jar(jar.id).await {
+                tracing::error!(jar = %jar.id, error = %cleanup, "could not remove a half-imported jar");
+            }
+            return Err(err);
+        }
+        let jar = self
+            .store
+            .jar(jar.id)
+            .await?
+            .ok_or(KnowledgeError::NotFound("honey jar"))?;
+        tracing::info!(jar = %jar.id, owner = %who.user_id, documents, reembedding, "honey jar imported");
+        Ok(Imported {
+            jar,
+            documents,
+            reembedding,
+        })
+    }
+
+    /// Stores an import's documents: each original, then its kept chunks (searchable at once)
+    /// or its place in the ingestion queue.
+    async fn store_imported(
+        &self,
+        jar: &HoneyJar,
+        key: Option<&DataKey>,
+        documents: Vec<Incoming>,
+    ) -> Result<()> {
+        for incoming in documents {
+            self.store_original(jar, key, &incoming.document, &incoming.original)
+                .await?;
+            match &incoming.processed {
+                Some((document, chunks)) => {
+                    store_processed(self.store.as_ref(), &self.shards, document, chunks).await?
+                }
+                None => self.ingestion.submit(incoming.document.id).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Dimensions of this node's embedding model.
+    async fn embedding_dimensions(&self) -> Result<usize> {
+        let info = self.models.info(&self.embedding_model).await?;
+        info.model.manifest.embedding_dimension.ok_or_else(|| {
+            ModelError::WrongKind {
+                name: self.embedding_model.clone(),
+                operation: "embed",
+            }
+            .into()
+        })
     }
 
     /// A document, if `who` may read its jar.
@@ -682,6 +923,99 @@ impl KnowledgeService {
         }
         Ok(())
     }
+}
+
+/// Runs CPU-bound work (archive compression and checks) on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| KnowledgeError::Internal(format!("archive task failed: {err}")))?
+}
+
+fn archive_failed(err: std::io::Error) -> KnowledgeError {
+    KnowledgeError::Internal(format!("writing an archive: {err}"))
+}
+
+/// A bad value of an archive's content (`at`: where in its manifest), as an archive error.
+fn in_manifest(at: &str, err: KnowledgeError) -> KnowledgeError {
+    match err {
+        KnowledgeError::Invalid { field, reason } => hjx::HjxError::Invalid {
+            entry: hjx::MANIFEST.into(),
+            reason: format!("{at}.{field}: {reason}"),
+        }
+        .into(),
+        err => err,
+    }
+}
+
+/// The download name of a jar's archive: its name in ASCII file-name characters, `.hjx`.
+fn attachment_name(jar_name: &str) -> String {
+    let ascii: String = jar_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii() && !matches!(c, '/' | '\\') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{}.hjx", sanitise_filename(&ascii))
+}
+
+/// A new document's record for an original: checked metadata and the kind detected from its
+/// content; `processing`, or `failed` with the reason when the kind is not supported.
+fn new_document(
+    jar: JarId,
+    uploader: UserId,
+    filename: &str,
+    bytes: &[u8],
+    metadata: UploadMetadata,
+) -> Result<Document> {
+    let filename = sanitise_filename(filename);
+    let detected = detect(bytes, &filename);
+    let now = Timestamp::now();
+    let title = match metadata.title {
+        Some(title) => valid_name(&title)?,
+        None => title_from(&filename),
+    };
+    let mut document = Document {
+        id: Uuid::new_v4(),
+        jar_id: jar,
+        uploader_id: uploader,
+        title,
+        description: valid_description(metadata.description.as_deref().unwrap_or(""))?,
+        tags: valid_tags(metadata.tags)?,
+        size: bytes.len() as u64,
+        mime_type: "application/octet-stream".into(),
+        kind: "unknown".into(),
+        sha256: hex::encode(Sha256::digest(bytes)),
+        status: DocumentStatus::Processing,
+        progress: 0,
+        error: None,
+        chunk_count: 0,
+        embedding_count: 0,
+        processing_ms: None,
+        pages: None,
+        word_count: 0,
+        language: None,
+        uploaded_at: now,
+        updated_at: now,
+        filename,
+    };
+    match detected {
+        Ok(kind) => {
+            document.kind = kind.as_str().into();
+            document.mime_type = kind.mime_type().into();
+        }
+        Err(err) => {
+            document.status = DocumentStatus::Failed;
+            document.error = Some(err.to_string());
+        }
+    }
+    Ok(document)
 }
 
 fn valid_name(name: &str) -> Result<String> {
@@ -835,6 +1169,9 @@ mod tests {
         assert_eq!(sanitise_filename("bell\u{7}.md"), "bell_.md");
         assert_eq!(sanitise_filename(&"x".repeat(400)).len(), 255);
         assert_eq!(title_from("company_policy-2024.pdf"), "company policy 2024");
+        assert_eq!(attachment_name("Field guide"), "Field guide.hjx");
+        assert_eq!(attachment_name("Notes 24/25 \"é\""), "Notes 24_25 ___.hjx");
+        assert_eq!(attachment_name("..."), "document.hjx");
     }
 
     #[test]

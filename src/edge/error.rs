@@ -15,6 +15,7 @@ use warp::reply::Response;
 use warp::{Rejection, Reply};
 
 use crate::identity::IdentityError;
+use crate::knowledge::hjx::HjxError;
 use crate::knowledge::KnowledgeError;
 use sting_actors::jar_shard::ShardError;
 
@@ -341,6 +342,20 @@ impl From<KnowledgeError> for ApiError {
             KnowledgeError::Shard(err) => {
                 tracing::error!(error = %err, "search failed");
                 ApiError::unavailable("search is unavailable; retry shortly")
+            }
+            KnowledgeError::Archive(HjxError::Malformed(reason)) => {
+                ApiError::bad_request(format!("file: not a readable gzip'd tar archive: {reason}"))
+                    .with_details(json!({ "field": "file", "reason": reason }))
+            }
+            KnowledgeError::Archive(HjxError::Invalid { entry, reason }) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "VALIDATION_ERROR",
+                format!("invalid archive entry {entry}: {reason}"),
+            )
+            .with_details(json!({ "field": "file", "entry": entry, "reason": reason })),
+            KnowledgeError::Internal(message) => {
+                tracing::error!(error = %message, "knowledge operation failed");
+                ApiError::internal()
             }
             KnowledgeError::Blob(err) => {
                 tracing::error!(error = %err, "document storage failed");

@@ -1,6 +1,7 @@
 //! `/api/knowledge/honey-pots*` and `/api/knowledge/documents/*`: honey jars, sharing, document
-//! upload and status. Access rules live in `crate::knowledge`.
+//! upload and status, HJX export and import. Access rules live in `crate::knowledge`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::BufMut;
@@ -22,8 +23,25 @@ use crate::app::AppContext;
 use crate::knowledge::{AskRequest, JarPatch, NewJar, Reader, SearchRequest, UploadMetadata};
 
 const MAX_PAGE: u32 = 200;
-/// Room for the multipart framing and the metadata part beside the file.
+/// Room for the multipart framing and the small parts beside the file.
 const MULTIPART_OVERHEAD: u64 = 64 * 1024;
+const IMPORT_PATH: &str = "/api/knowledge/honey-pots/import";
+
+/// The largest body the multipart route at `path` (an upload or an import) accepts: its file
+/// limit and room for the rest. The edge checks it up front from Content-Length; the exact file
+/// limit is enforced again while the file streams in.
+pub fn multipart_limit(ctx: &AppContext, path: &str) -> u64 {
+    body_limit(if path == IMPORT_PATH {
+        ctx.knowledge.max_import_bytes()
+    } else {
+        ctx.knowledge.max_upload_bytes()
+    })
+}
+
+/// A multipart body's limit for a file of at most `file_limit` bytes.
+fn body_limit(file_limit: u64) -> u64 {
+    file_limit + MULTIPART_OVERHEAD
+}
 
 pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
     let limit = ctx.config.limits.max_body_bytes;
@@ -72,15 +90,29 @@ pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
         .and(authenticated())
         .and(json_body::<ShareRequest>(limit))
         .and_then(share_jar);
-    let upload_limit = ctx.knowledge.max_upload_bytes() + MULTIPART_OVERHEAD;
     let upload = one
         .and(warp::path("documents"))
         .and(warp::path::end())
         .and(warp::post())
         .and(with_ctx(ctx.clone()))
         .and(authenticated())
-        .and(warp::multipart::form().max_length(upload_limit))
+        .and(warp::multipart::form().max_length(body_limit(ctx.knowledge.max_upload_bytes())))
         .and_then(upload_document);
+    let export = one
+        .and(warp::path("export"))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_ctx(ctx.clone()))
+        .and(authenticated())
+        .and_then(export_jar);
+    let import = jars
+        .and(warp::path("import"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_ctx(ctx.clone()))
+        .and(authenticated())
+        .and(warp::multipart::form().max_length(body_limit(ctx.knowledge.max_import_bytes())))
+        .and_then(import_jar);
     let documents = one
         .and(warp::path("documents"))
         .and(warp::path::end())
@@ -134,6 +166,10 @@ pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
         .or(share)
         .unify()
         .or(upload)
+        .unify()
+        .or(export)
+        .unify()
+        .or(import)
         .unify()
         .or(documents)
         .unify()
@@ -334,9 +370,23 @@ pub async fn create_jar(
         )
         .await
         .map_err(reject)?;
-    let owner = ctx.knowledge.users(&[who.user_id]).await.map_err(reject)?;
-    let view = jar_view(&jar, owner.get(&who.user_id), true, Some(Vec::new()));
+    let view = new_jar_view(&ctx, &who, &jar).await?;
     Ok(warp::reply::with_status(warp::reply::json(&view), StatusCode::CREATED).into_response())
+}
+
+/// The view of a jar the caller just created (shared with nobody yet).
+async fn new_jar_view(
+    ctx: &AppContext,
+    who: &Identity,
+    jar: &HoneyJar,
+) -> Result<JarView, Rejection> {
+    let owner = ctx.knowledge.users(&[who.user_id]).await.map_err(reject)?;
+    Ok(jar_view(
+        jar,
+        owner.get(&who.user_id),
+        true,
+        Some(Vec::new()),
+    ))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -570,6 +620,49 @@ struct MetadataPart {
     tags: Vec<String>,
 }
 
+/// A multipart form read whole: the `file` part (its name and bytes) and the small text parts.
+struct Form {
+    filename: String,
+    file: Vec<u8>,
+    fields: HashMap<&'static str, Vec<u8>>,
+}
+
+/// Reads a form of a `file` part (at most `file_limit` bytes) and the small parts named in
+/// `fields`; any other part is refused, and so is a form without a file.
+async fn read_form(
+    mut form: FormData,
+    file_limit: u64,
+    fields: &[&'static str],
+) -> Result<Form, Rejection> {
+    let mut file = None;
+    let mut values = HashMap::new();
+    while let Some(part) = form.try_next().await.map_err(|err| {
+        reject(ApiError::bad_request(format!(
+            "malformed multipart body: {err}"
+        )))
+    })? {
+        if part.name() == "file" {
+            let filename = part.filename().unwrap_or("document").to_owned();
+            file = Some((filename, read_part(part, file_limit).await?));
+        } else if let Some(&field) = fields.iter().find(|&&field| field == part.name()) {
+            values.insert(field, read_part(part, MULTIPART_OVERHEAD).await?);
+        } else {
+            return Err(reject(ApiError::validation(
+                part.name(),
+                format!("unknown form field (expected file, {})", fields.join(", ")),
+            )));
+        }
+    }
+    let Some((filename, file)) = file else {
+        return Err(reject(ApiError::validation("file", "missing file part")));
+    };
+    Ok(Form {
+        filename,
+        file,
+        fields: values,
+    })
+}
+
 /// Reads a part into memory, refusing more than `limit` bytes.
 async fn read_part(part: Part, limit: u64) -> Result<Vec<u8>, Rejection> {
     let mut stream = part.stream();
@@ -603,47 +696,23 @@ pub async fn upload_document(
     id: Uuid,
     ctx: Arc<AppContext>,
     who: Identity,
-    mut form: FormData,
+    form: FormData,
 ) -> Result<Response, Rejection> {
-    let limit = ctx.knowledge.max_upload_bytes();
-    let mut file: Option<(String, Vec<u8>)> = None;
-    let mut metadata = MetadataPart::default();
-    while let Some(part) = form.try_next().await.map_err(|err| {
-        reject(ApiError::bad_request(format!(
-            "malformed multipart body: {err}"
-        )))
-    })? {
-        match part.name() {
-            "file" => {
-                let filename = part.filename().unwrap_or("document").to_owned();
-                file = Some((filename, read_part(part, limit).await?));
-            }
-            "metadata" => {
-                let bytes = read_part(part, MULTIPART_OVERHEAD).await?;
-                metadata = parse_json(&bytes).map_err(|err| {
-                    let mut err = err;
-                    err.message = format!("metadata: {}", err.message);
-                    reject(err)
-                })?;
-            }
-            other => {
-                return Err(reject(ApiError::validation(
-                    other,
-                    "unknown form field (expected file and metadata)",
-                )))
-            }
-        }
-    }
-    let Some((filename, bytes)) = file else {
-        return Err(reject(ApiError::validation("file", "missing file part")));
+    let form = read_form(form, ctx.knowledge.max_upload_bytes(), &["metadata"]).await?;
+    let metadata: MetadataPart = match form.fields.get("metadata") {
+        Some(bytes) => parse_json(bytes).map_err(|mut err| {
+            err.message = format!("metadata: {}", err.message);
+            reject(err)
+        })?,
+        None => MetadataPart::default(),
     };
     let document = ctx
         .knowledge
         .upload(
             &who,
             id,
-            &filename,
-            bytes,
+            &form.filename,
+            form.file,
             UploadMetadata {
                 title: metadata.title,
                 description: metadata.description,
@@ -657,6 +726,87 @@ pub async fn upload_document(
         StatusCode::ACCEPTED,
     )
     .into_response())
+}
+
+/// Export a honey jar as an HJX archive (gzip'd tar: manifest.json, and per processed document
+/// its original and its chunks with embeddings; see docs/knowledge.md). The owner and admins may
+/// always export; other readers only when the jar's `allow_export` setting is on.
+#[utoipa::path(get, path = "/api/knowledge/honey-pots/{honey_jar_id}/export", tag = "knowledge",
+    params(("honey_jar_id" = Uuid, Path)), security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "the archive, as an attachment named after the jar",
+            content_type = "application/gzip"),
+        (status = 403, description = "a reader, and the jar does not allow export", body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+    ))]
+pub async fn export_jar(
+    id: Uuid,
+    ctx: Arc<AppContext>,
+    who: Identity,
+) -> Result<Response, Rejection> {
+    let export = ctx.knowledge.export(&who, id).await.map_err(reject)?;
+    let disposition = format!("attachment; filename=\"{}\"", export.filename);
+    let reply = warp::reply::with_header(
+        export.archive,
+        warp::http::header::CONTENT_TYPE,
+        "application/gzip",
+    );
+    Ok(
+        warp::reply::with_header(reply, warp::http::header::CONTENT_DISPOSITION, disposition)
+            .into_response(),
+    )
+}
+
+/// A jar created by an import.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportedJarView {
+    #[serde(flatten)]
+    pub honey_jar: JarView,
+    /// Documents brought in.
+    pub imported_documents: usize,
+    /// The archive's embedding model is not this node's: its documents are being embedded here
+    /// (`processing` until done) instead of keeping the archive's embeddings.
+    pub reembedding: bool,
+}
+
+/// Import an HJX archive as a new private jar owned by the caller (multipart: `file`, optional
+/// `name` overriding the archive's jar name). The whole archive is checked before anything is
+/// written; an archive breaking the format's rules is refused with 422 naming the entry
+/// (`details.entry`).
+#[utoipa::path(post, path = "/api/knowledge/honey-pots/import", tag = "knowledge",
+    security(("bearer" = []), ("cookie" = [])),
+    request_body(content_type = "multipart/form-data", description = "`file` (the .hjx archive) and optional `name`"),
+    responses(
+        (status = 201, body = ImportedJarView),
+        (status = 400, description = "not a gzip'd tar", body = ErrorEnvelope),
+        (status = 413, body = ErrorEnvelope),
+        (status = 422, description = "an entry breaks the format's rules", body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope),
+        (status = 503, description = "the ingestion queue cannot take the documents to re-embed", body = ErrorEnvelope),
+    ))]
+pub async fn import_jar(
+    ctx: Arc<AppContext>,
+    who: Identity,
+    form: FormData,
+) -> Result<Response, Rejection> {
+    let mut form = read_form(form, ctx.knowledge.max_import_bytes(), &["name"]).await?;
+    let name = form
+        .fields
+        .remove("name")
+        .map(String::from_utf8)
+        .transpose()
+        .map_err(|_| reject(ApiError::validation("name", "must be UTF-8 text")))?;
+    let imported = ctx
+        .knowledge
+        .import(&who, form.file, name)
+        .await
+        .map_err(reject)?;
+    let view = ImportedJarView {
+        honey_jar: new_jar_view(&ctx, &who, &imported.jar).await?,
+        imported_documents: imported.documents,
+        reembedding: imported.reembedding,
+    };
+    Ok(warp::reply::with_status(warp::reply::json(&view), StatusCode::CREATED).into_response())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

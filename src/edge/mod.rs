@@ -132,9 +132,10 @@ where
             err.into_response()
         }
     };
-    // Uploads have their own, larger limit (checked again, exactly, while the file streams in).
+    // Uploads and imports have their own, larger limits (checked again, exactly, while the file
+    // streams in).
     let limit = match category {
-        Some(Category::Upload) => ctx.knowledge.max_upload_bytes() + 64 * 1024,
+        Some(Category::Upload) => knowledge_api::multipart_limit(ctx, request.uri().path()),
         _ => ctx.config.limits.max_body_bytes,
     };
     if content_length(request.headers()).is_some_and(|len| len > limit) {

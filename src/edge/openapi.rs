@@ -32,7 +32,7 @@ use super::{
         knowledge_api::update_jar, knowledge_api::share_jar, knowledge_api::delete_jar,
         knowledge_api::upload_document, knowledge_api::list_documents,
         knowledge_api::get_document, knowledge_api::delete_document, knowledge_api::search,
-        knowledge_api::ask,
+        knowledge_api::ask, knowledge_api::export_jar, knowledge_api::import_jar,
         openai_api::list_models, openai_api::embeddings, openai_api::chat_completions,
         openapi_json,
     ),

@@ -43,7 +43,9 @@ impl Category {
             ["auth", ..] => Category::Auth,
             ["chat", ..] => Category::Chat,
             ["knowledge", "search" | "ask"] => Category::Search,
-            ["knowledge", "honey-pots", _, "documents"] if method == Method::POST => {
+            ["knowledge", "honey-pots", _, "documents"] | ["knowledge", "honey-pots", "import"]
+                if method == Method::POST =>
+            {
                 Category::Upload
             }
             _ => Category::General,
@@ -224,6 +226,14 @@ mod tests {
         );
         assert_eq!(
             Category::of(&get, "/api/knowledge/honey-pots/x/documents"),
+            Some(Category::General)
+        );
+        assert_eq!(
+            Category::of(&post, "/api/knowledge/honey-pots/import"),
+            Some(Category::Upload)
+        );
+        assert_eq!(
+            Category::of(&get, "/api/knowledge/honey-pots/x/export"),
             Some(Category::General)
         );
         assert_eq!(

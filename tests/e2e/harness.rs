@@ -199,6 +199,21 @@ impl TestServer {
         Reply::from(request.send().await.expect("request sent")).await
     }
 
+    /// Posts a multipart form with a bearer token.
+    pub async fn multipart(
+        &self,
+        path: &str,
+        token: &str,
+        form: reqwest::multipart::Form,
+    ) -> Reply {
+        let request = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .multipart(form);
+        Reply::from(request.send().await.expect("request sent")).await
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
         self.call(Method::GET, path, token, None).await
     }

@@ -39,17 +39,14 @@ async fn upload(
     if let Some(metadata) = metadata {
         form = form.text("metadata", metadata.to_string());
     }
-    let response = server
-        .client
-        .post(server.url(&format!("/api/knowledge/honey-pots/{jar}/documents")))
-        .bearer_auth(token)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body = response.json().await.unwrap_or(Value::Null);
-    (status, body)
+    let reply = server
+        .multipart(
+            &format!("/api/knowledge/honey-pots/{jar}/documents"),
+            token,
+            form,
+        )
+        .await;
+    (reply.status, reply.body)
 }
 
 /// Polls a document until it leaves `processing`.
@@ -792,4 +789,272 @@ async fn ask_and_chat_answer_from_permitted_jars_with_sources() {
         refused.body["error"]["details"]["field"],
         "context.honey_jar_ids"
     );
+}
+
+/// Downloads a jar's HJX export: its Content-Disposition and the archive.
+async fn export(server: &TestServer, token: &str, jar: &str) -> (String, Vec<u8>) {
+    let response = server
+        .client
+        .get(server.url(&format!("/api/knowledge/honey-pots/{jar}/export")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/gzip");
+    let disposition = response.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (disposition, response.bytes().await.unwrap().to_vec())
+}
+
+async fn import(
+    server: &TestServer,
+    token: &str,
+    archive: Vec<u8>,
+    name: Option<&str>,
+) -> crate::harness::Reply {
+    let mut form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(archive).file_name("jar.hjx"),
+    );
+    if let Some(name) = name {
+        form = form.text("name", name.to_owned());
+    }
+    server
+        .multipart("/api/knowledge/honey-pots/import", token, form)
+        .await
+}
+
+/// The entries of a gzip'd tar, in order: (name, content).
+fn entries(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut reader = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    reader
+        .entries()
+        .unwrap()
+        .map(|entry| {
+            let mut entry = entry.unwrap();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+            let name = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
+            (name, data)
+        })
+        .collect()
+}
+
+/// A gzip'd tar of these entries, the names written into the headers as given (even `..`).
+fn pack(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut builder = tar::Builder::new(gzip);
+    for (name, data) in entries {
+        let mut header = tar::Header::new_ustar();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append(&header, data.as_slice()).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+/// A search of one jar as what a user sees of it, in rank order: (title, content, page, score).
+async fn ranked(server: &TestServer, token: &str, jar: &str, query: &str) -> Vec<Value> {
+    let reply = search(
+        server,
+        token,
+        json!({"query": query, "honey_jar_ids": [jar]}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    reply.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| json!([r["title"], r["content"], r["metadata"]["page"], r["score"]]))
+        .collect()
+}
+
+#[tokio::test]
+async fn honey_jars_travel_as_hjx_archives() {
+    if !onnxruntime_available("honey_jars_travel_as_hjx_archives") {
+        return;
+    }
+    let server = knowledge_server()
+        .env("STING_LIMITS__MAX_IMPORT_BYTES", "1000000")
+        .start()
+        .await;
+    let (alice, _) = server.register("alice.hjx@example.com").await;
+    let (bob, bob_id) = server.register("bob.hjx@example.com").await;
+    let (carol, _) = server.register("carol.hjx@example.com").await;
+    let jar = create_jar(
+        &server,
+        &alice,
+        json!({"name": "Field guide", "description": "Bees", "tags": ["bees"],
+               "visibility": "shared", "settings": {"encryption_enabled": true}}),
+    )
+    .await;
+    server
+        .call(
+            Method::PUT,
+            &format!("/api/knowledge/honey-pots/{jar}/shares"),
+            Some(&alice),
+            Some(json!({"emails": ["carol.hjx@example.com"]})),
+        )
+        .await;
+    let pdf = samples::pdf(&[
+        &english("the hive"),
+        "Page two describes the lavender meadow protocol for late summer foraging.",
+        &english("winter"),
+    ]);
+    let notes = b"# Notes\n\nThe meadow is quiet in winter.".to_vec();
+    let (_, pdf_doc) = upload(
+        &server,
+        &alice,
+        &jar,
+        "handbook.pdf",
+        pdf,
+        Some(json!({"tags": ["policy"]})),
+    )
+    .await;
+    let (_, notes_doc) = upload(&server, &alice, &jar, "notes.md", notes.clone(), None).await;
+    let png = [&b"\x89PNG\r\n\x1a\n"[..], &[0u8; 64]].concat();
+    let (_, failed) = upload(&server, &alice, &jar, "photo.txt", png, None).await;
+    assert_eq!(failed["status"], "failed");
+    for document in [&pdf_doc, &notes_doc] {
+        let id = document["id"].as_str().unwrap();
+        assert_eq!(settled(&server, &alice, id).await["status"], "processed");
+    }
+    let query = "lavender meadow protocol";
+    let original = ranked(&server, &alice, &jar, query).await;
+    assert!(original.len() >= 2, "{original:?}");
+
+    // Who may export: a reader only when the jar allows it; a stranger does not see it.
+    let export_path = format!("/api/knowledge/honey-pots/{jar}/export");
+    server
+        .get(&export_path, Some(&carol))
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "PERMISSION_DENIED");
+    server
+        .get(&export_path, Some(&bob))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND");
+    let (disposition, archive) = export(&server, &alice, &jar).await;
+    assert_eq!(disposition, "attachment; filename=\"Field guide.hjx\"");
+    server
+        .call(
+            Method::PUT,
+            &format!("/api/knowledge/honey-pots/{jar}"),
+            Some(&alice),
+            Some(json!({"settings": {"allow_export": true}})),
+        )
+        .await;
+    export(&server, &carol, &jar).await;
+
+    // The archive: the manifest, the originals decrypted, the failed upload listed as skipped.
+    let files: std::collections::HashMap<String, Vec<u8>> = entries(&archive).into_iter().collect();
+    assert_eq!(files.len(), 5, "{:?}", files.keys());
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    assert_eq!(manifest["format"], "hjx");
+    assert_eq!(manifest["version"], 1);
+    assert_eq!(
+        manifest["embedding_model"],
+        json!({"name": "fixture-embed", "dimensions": 32})
+    );
+    assert_eq!(manifest["honey_jar"]["visibility"], "shared");
+    assert_eq!(manifest["skipped"][0]["id"], failed["id"]);
+    let listed = manifest["documents"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    let notes_entry = listed.iter().find(|d| d["filename"] == "notes.md").unwrap();
+    assert_eq!(
+        files[notes_entry["original"].as_str().unwrap()],
+        notes,
+        "exported decrypted"
+    );
+
+    // Bob imports it: a new private jar of his, searchable at once, ranking the same.
+    let reply = import(&server, &bob, archive.clone(), Some("Bob's guide")).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let copy = reply.body["id"].as_str().unwrap().to_owned();
+    assert_ne!(copy, jar);
+    assert_eq!(reply.body["owner_id"], bob_id.as_str());
+    assert_eq!(reply.body["owner"]["email"], "bob.hjx@example.com");
+    assert_eq!(reply.body["name"], "Bob's guide");
+    assert_eq!(reply.body["description"], "Bees");
+    assert_eq!(reply.body["tags"], json!(["bees"]));
+    assert_eq!(reply.body["visibility"], "private");
+    assert_eq!(reply.body["settings"]["encryption_enabled"], true);
+    assert_eq!(reply.body["imported_documents"], 2);
+    assert_eq!(reply.body["reembedding"], false);
+    assert_eq!(reply.body["document_count"], 2);
+    let documents = server
+        .get(
+            &format!("/api/knowledge/honey-pots/{copy}/documents"),
+            Some(&bob),
+        )
+        .await;
+    for document in documents.body["documents"].as_array().unwrap() {
+        assert_eq!(document["status"], "processed", "{document}");
+        // Encrypted at rest with the new jar's own key.
+        let blob = std::fs::read(
+            server
+                .data_dir
+                .join("blobs")
+                .join(&copy)
+                .join(document["id"].as_str().unwrap()),
+        )
+        .unwrap();
+        assert!(!blob.windows(6).any(|w| w == b"meadow"), "stored in clear");
+    }
+    assert_eq!(ranked(&server, &bob, &copy, query).await, original);
+    server
+        .get(&format!("/api/knowledge/honey-pots/{jar}"), Some(&bob))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND");
+
+    // From another embedding model, the originals are embedded here instead.
+    let foreign: Vec<(String, Vec<u8>)> = entries(&archive)
+        .into_iter()
+        .map(|(name, data)| {
+            if name != "manifest.json" {
+                return (name, data);
+            }
+            let mut manifest: Value = serde_json::from_slice(&data).unwrap();
+            manifest["embedding_model"]["name"] = "another-model".into();
+            (name, serde_json::to_vec(&manifest).unwrap())
+        })
+        .collect();
+    let reply = import(&server, &bob, pack(&foreign), None).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    assert_eq!(reply.body["reembedding"], true);
+    assert_eq!(reply.body["name"], "Field guide");
+    let reembedded = reply.body["id"].as_str().unwrap().to_owned();
+    let documents = server
+        .get(
+            &format!("/api/knowledge/honey-pots/{reembedded}/documents"),
+            Some(&bob),
+        )
+        .await;
+    for document in documents.body["documents"].as_array().unwrap() {
+        let id = document["id"].as_str().unwrap();
+        assert_eq!(settled(&server, &bob, id).await["status"], "processed");
+    }
+    assert_eq!(ranked(&server, &bob, &reembedded, query).await, original);
+
+    // Refused archives create nothing.
+    let mut evil = entries(&archive);
+    evil.push(("../evil.sh".into(), b"#!/bin/sh\n".to_vec()));
+    let refused = import(&server, &bob, pack(&evil), None).await;
+    refused.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR");
+    assert_eq!(refused.body["error"]["details"]["entry"], "../evil.sh");
+    import(&server, &bob, b"not an archive".to_vec(), None)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    // Beyond the limit while it streams in (a Content-Length beyond it is refused before the
+    // body is read, which a client may see as a broken pipe).
+    import(&server, &bob, vec![0x1f; 1_030_000], None)
+        .await
+        .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
+    let bobs = server.get("/api/knowledge/honey-pots", Some(&bob)).await;
+    assert_eq!(bobs.body["total"], 2, "{}", bobs.body);
 }

@@ -386,19 +386,30 @@ async fn run(context: &Context, mut document: Document, started: Instant) -> Res
     document.word_count = extracted.word_count;
     document.language = extracted.language;
     document.updated_at = Timestamp::now();
-    store.save_chunks(&document, &chunks).await?;
-    store
-        .adjust_jar_counts(document.jar_id, 1, chunks.len() as i64)
-        .await?;
-    context
-        .shards
-        .document_changed(document.jar_id, document.id);
+    store_processed(store, &context.shards, &document, &chunks).await?;
     tracing::info!(
         document = %document.id,
         chunks = chunks.len(),
         ms = started.elapsed().as_millis() as u64,
         "document processed"
     );
+    Ok(())
+}
+
+/// Stores a processed document's chunks with its final record, counts it in its jar and tells
+/// the jar's live shard to index it: how a document becomes searchable, whether its chunks
+/// were made here or came with an imported archive.
+pub async fn store_processed(
+    store: &dyn Store,
+    shards: &ShardRegistry,
+    document: &Document,
+    chunks: &[Chunk],
+) -> Result<(), StoreError> {
+    store.save_chunks(document, chunks).await?;
+    store
+        .adjust_jar_counts(document.jar_id, 1, chunks.len() as i64)
+        .await?;
+    shards.document_changed(document.jar_id, document.id);
     Ok(())
 }
 
