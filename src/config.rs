@@ -430,6 +430,7 @@ impl Config {
         let knowledge = &self.knowledge;
         sting_actors::jar_shard::ShardConfig {
             node: self.node_name(),
+            dir: self.data_dir.join("shards"),
             shards_per_jar: knowledge.shards_per_jar,
             lease_ttl: Duration::from_secs(knowledge.shard_lease_ttl_secs),
             idle_timeout: Duration::from_secs(knowledge.shard_idle_secs),

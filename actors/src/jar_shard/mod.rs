@@ -1,9 +1,11 @@
 //! Honey-jar shards: each jar's chunks are spread over `shards_per_jar` shards (by document),
-//! and each shard is served by one [`JarShardActor`] that owns its indexes (BM25 with tantivy,
-//! exact cosine over the embeddings; see [`index`]). An actor holds the shard's lease in the
-//! store (so a cluster can place shards on nodes), builds its indexes from the store when it is
-//! activated (the store is the source of truth; the indexes are caches), applies document
-//! changes as they are reported, and is passivated when idle.
+//! and each shard is served by one [`JarShardActor`] that owns its indexes on the node's disk
+//! (BM25 with tantivy, an HNSW graph with exact re-scoring for vectors; see [`index`]). An
+//! actor holds the shard's lease in the store (so a cluster can place shards on nodes), opens
+//! its indexes when it is activated and brings them up to date with the store (the store is the
+//! source of truth; the indexes are caches, rebuilt from it whenever they were not checkpointed
+//! cleanly), applies document changes as they are reported, checkpoints its files when quiet
+//! and when passivated, and is passivated when idle.
 //!
 //! Search fans out to every shard of the searched jars and fuses the two rankings with
 //! reciprocal rank fusion: a chunk's score is `Σ 1 / (RRF_K + rank)` over the BM25 and the
@@ -12,25 +14,40 @@
 
 pub mod index;
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use sting_store::{DocumentId, DocumentStatus, JarId, Lease, Page, Store, StoreError, Timestamp};
+use sting_store::{
+    Chunk, Document, DocumentId, DocumentStatus, JarId, Lease, Page, Store, StoreError, Timestamp,
+};
 
 use crate::supervision::{self, Children};
-use index::{RankedHit, ShardIndex};
+use index::{ChunkHit, IndexError, ShardIndex};
 
 /// The RRF constant (the usual 60: it damps the weight of the very first ranks).
 pub const RRF_K: f32 = 60.0;
 /// Chunks read from the store per page while building a shard.
 const BUILD_PAGE: u32 = 1000;
+/// Up to this many stale documents are read one by one; more are read with one chunk scan.
+const PER_DOCUMENT_READS_MAX: usize = 64;
+/// Chunks indexed per blocking step while building a shard.
+const BUILD_BATCH_CHUNKS: usize = 5000;
+/// Document changes are committed to the text index together, at most this long after the
+/// first (a search commits at once what is pending, so it always sees every reported change).
+const COMMIT_DELAY: Duration = Duration::from_millis(100);
+/// A changed index is checkpointed once it has seen no change for this long.
+const CHECKPOINT_QUIET: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How shards are laid out and kept.
 #[derive(Debug, Clone)]
 pub struct ShardConfig {
     pub node: String,
+    /// Where the node keeps shard indexes: `<dir>/<jar>/<shard>/`.
+    pub dir: PathBuf,
     pub shards_per_jar: u32,
     pub lease_ttl: Duration,
     pub idle_timeout: Duration,
@@ -47,8 +64,8 @@ pub enum ShardError {
     Unavailable(String),
 }
 
-impl From<tantivy::TantivyError> for ShardError {
-    fn from(err: tantivy::TantivyError) -> ShardError {
+impl From<IndexError> for ShardError {
+    fn from(err: IndexError) -> ShardError {
         ShardError::Index(err.to_string())
     }
 }
@@ -99,6 +116,10 @@ fn actor_name(jar: JarId, shard: u32) -> String {
 
 fn lease_key(jar: JarId, shard: u32) -> String {
     format!("jar-shard:{jar}:{shard}")
+}
+
+fn shard_dir(root: &Path, jar: JarId, shard: u32) -> PathBuf {
+    root.join(jar.to_string()).join(shard.to_string())
 }
 
 /// What every shard actor of the node shares.
@@ -169,11 +190,17 @@ impl ShardRegistry {
         }
     }
 
-    /// Stops the shards of a deleted jar.
+    /// Stops the shards of a deleted jar and deletes their indexes.
     pub fn jar_deleted(&self, jar: JarId) {
         for shard in 0..self.shared.config.shards_per_jar.max(1) {
             if let Some(actor) = ActorRef::<ShardMsg>::where_is(actor_name(jar, shard)) {
-                actor.stop(Some("jar deleted".into()));
+                let _ = actor.cast(ShardMsg::Destroy);
+            }
+        }
+        let dir = self.shared.config.dir.join(jar.to_string());
+        if let Err(err) = std::fs::remove_dir_all(&dir) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(%jar, error = %err, "could not delete the jar's shard indexes");
             }
         }
     }
@@ -341,14 +368,23 @@ pub struct ShardState {
     shard: u32,
     shared: Arc<Shared>,
     lease: Lease,
-    index: ShardIndex,
+    /// None once the jar is deleted.
+    index: Option<ShardIndex>,
     last_request: Instant,
+    /// When the index last changed without a checkpoint since.
+    changed_at: Option<Instant>,
+    /// Changes await a commit (one is scheduled).
+    commit_pending: bool,
 }
 
 pub enum ShardMsg {
     Search(ShardQuery, RpcReplyPort<Result<ShardAnswer, ShardError>>),
     /// Re-reads one document from the store.
     Refresh(DocumentId),
+    /// Commits pending changes.
+    Commit,
+    /// The jar is deleted: stop and delete the index files.
+    Destroy,
     Tick,
 }
 
@@ -373,8 +409,8 @@ impl Actor for JarShardActor {
             )
             .await?;
         let started = Instant::now();
-        let index = build(&shared, jar, shard).await?;
-        tracing::info!(%jar, shard, documents = index.document_count(), ms = started.elapsed().as_millis() as u64, "jar shard built");
+        let index = open(&shared, jar, shard).await?;
+        tracing::info!(%jar, shard, documents = index.document_count(), chunks = index.chunk_count(), ms = started.elapsed().as_millis() as u64, "jar shard ready");
         let tick = (config.lease_ttl / 3).min(config.idle_timeout / 2);
         myself.send_interval(tick.max(Duration::from_millis(50)), || ShardMsg::Tick);
         Ok(ShardState {
@@ -382,8 +418,10 @@ impl Actor for JarShardActor {
             shard,
             shared,
             lease,
-            index,
+            index: Some(index),
             last_request: Instant::now(),
+            changed_at: None,
+            commit_pending: false,
         })
     }
 
@@ -392,6 +430,11 @@ impl Actor for JarShardActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut ShardState,
     ) -> Result<(), ActorProcessingErr> {
+        if let Some(index) = state.index.as_mut() {
+            if let Err(err) = index.checkpoint() {
+                tracing::warn!(jar = %state.jar, shard = state.shard, error = %err, "shard checkpoint failed; it will be rebuilt");
+            }
+        }
         let _ = state.shared.store.release_lease(&state.lease).await;
         Ok(())
     }
@@ -405,19 +448,49 @@ impl Actor for JarShardActor {
         match message {
             ShardMsg::Search(query, reply) => {
                 state.last_request = Instant::now();
-                let _ = reply.send(search(state, &query));
+                let result = match commit(state) {
+                    Ok(()) => search(state, &query),
+                    Err(err) => Err(err),
+                };
+                let _ = reply.send(result);
             }
             ShardMsg::Refresh(document) => {
                 if let Err(err) = refresh(state, document).await {
                     tracing::warn!(jar = %state.jar, %document, error = %err, "shard refresh failed; rebuilding on next activation");
                     myself.stop(Some("refresh failed".into()));
+                } else if !state.commit_pending {
+                    state.commit_pending = true;
+                    myself.send_after(COMMIT_DELAY, || ShardMsg::Commit);
                 }
+            }
+            ShardMsg::Commit => {
+                if let Err(err) = commit(state) {
+                    tracing::warn!(jar = %state.jar, error = %err, "shard commit failed; rebuilding on next activation");
+                    myself.stop(Some("commit failed".into()));
+                }
+            }
+            ShardMsg::Destroy => {
+                if let Some(index) = state.index.take() {
+                    if let Err(err) = index.destroy() {
+                        tracing::warn!(jar = %state.jar, shard = state.shard, error = %err, "could not delete shard index");
+                    }
+                }
+                myself.stop(Some("jar deleted".into()));
             }
             ShardMsg::Tick => {
                 let config = &state.shared.config;
                 if state.last_request.elapsed() >= config.idle_timeout {
                     myself.stop(Some("idle".into()));
                     return Ok(());
+                }
+                if state
+                    .changed_at
+                    .is_some_and(|at| at.elapsed() >= CHECKPOINT_QUIET)
+                {
+                    state.changed_at = None;
+                    if let Some(Err(err)) = state.index.as_mut().map(ShardIndex::checkpoint) {
+                        tracing::warn!(jar = %state.jar, shard = state.shard, error = %err, "shard checkpoint failed");
+                    }
                 }
                 let ttl = config.lease_ttl;
                 let store = state.shared.store.clone();
@@ -433,10 +506,83 @@ impl Actor for JarShardActor {
     }
 }
 
-/// The shard's indexes from the store: its processed documents and their chunks.
-async fn build(shared: &Shared, jar: JarId, shard: u32) -> Result<ShardIndex, ShardError> {
+/// Opens the shard's index from disk and brings it up to date with the store: documents no
+/// longer processed are dropped, new or re-processed ones (by `updated_at`) are read and added.
+async fn open(shared: &Shared, jar: JarId, shard: u32) -> Result<ShardIndex, ShardError> {
+    let dir = shard_dir(&shared.config.dir, jar, shard);
+    let mut index = blocking(move || ShardIndex::open(&dir)).await?;
+    let current = processed_documents(shared, jar, shard).await?;
+    let held = index.versions();
+    for id in held.keys().filter(|id| !current.contains_key(id)) {
+        index.remove(*id)?;
+    }
+    let mut stale: HashMap<DocumentId, (Document, Vec<Chunk>)> = current
+        .into_iter()
+        .filter(|(id, document)| held.get(id) != Some(&document.updated_at.0))
+        .map(|(id, document)| (id, (document, Vec::new())))
+        .collect();
+    let rebuilt = stale.len();
+    if stale.len() <= PER_DOCUMENT_READS_MAX {
+        for (id, (_, chunks)) in stale.iter_mut() {
+            *chunks = shared.store.document_chunks(*id).await?;
+        }
+    } else {
+        let mut after = None;
+        loop {
+            let chunks = shared.store.jar_chunks(jar, after, BUILD_PAGE).await?;
+            let Some(last) = chunks.last() else { break };
+            after = Some((last.document_id, last.seq));
+            for chunk in chunks {
+                if let Some((_, list)) = stale.get_mut(&chunk.document_id) {
+                    list.push(chunk);
+                }
+            }
+        }
+    }
+    let mut batch = Vec::new();
+    let mut batch_chunks = 0;
+    let mut documents = stale.into_values().peekable();
+    while let Some(document) = documents.next() {
+        batch_chunks += document.1.len();
+        batch.push(document);
+        if batch_chunks >= BUILD_BATCH_CHUNKS || documents.peek().is_none() {
+            let put = std::mem::take(&mut batch);
+            batch_chunks = 0;
+            index = blocking(move || {
+                index.put(put)?;
+                Ok(index)
+            })
+            .await?;
+        }
+    }
+    if rebuilt > 0 {
+        tracing::info!(%jar, shard, documents = rebuilt, "shard index caught up with the store");
+    }
+    blocking(move || {
+        index.checkpoint()?;
+        Ok(index)
+    })
+    .await
+}
+
+/// Runs index work that may take a while on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
+) -> Result<T, ShardError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| ShardError::Index(err.to_string()))?
+        .map_err(ShardError::from)
+}
+
+/// The jar's processed documents that belong to this shard.
+async fn processed_documents(
+    shared: &Shared,
+    jar: JarId,
+    shard: u32,
+) -> Result<HashMap<DocumentId, Document>, ShardError> {
     let shards = shared.config.shards_per_jar;
-    let mut documents = std::collections::HashMap::new();
+    let mut documents = HashMap::new();
     let mut offset = 0;
     loop {
         let page = Page { limit: 200, offset };
@@ -446,66 +592,64 @@ async fn build(shared: &Shared, jar: JarId, shard: u32) -> Result<ShardIndex, Sh
             if document.status == DocumentStatus::Processed
                 && shard_of(document.id, shards) == shard
             {
-                documents.insert(document.id, (document, Vec::new()));
+                documents.insert(document.id, document);
             }
         }
         if offset >= total || offset == 0 {
             break;
         }
     }
-    let mut after = None;
-    loop {
-        let chunks = shared.store.jar_chunks(jar, after, BUILD_PAGE).await?;
-        let Some(last) = chunks.last() else { break };
-        after = Some((last.document_id, last.seq));
-        for chunk in chunks {
-            if let Some((_, list)) = documents.get_mut(&chunk.document_id) {
-                list.push(chunk);
-            }
-        }
-    }
-    let mut index = ShardIndex::new()?;
-    for (_, (document, chunks)) in documents {
-        index.put(&document, chunks)?;
-    }
-    index.commit()?;
-    Ok(index)
+    Ok(documents)
 }
 
 async fn refresh(state: &mut ShardState, id: DocumentId) -> Result<(), ShardError> {
+    let Some(index) = state.index.as_mut() else {
+        return Ok(());
+    };
     let store = &state.shared.store;
     match store.document(id).await? {
         Some(document) if document.status == DocumentStatus::Processed => {
             let chunks = store.document_chunks(id).await?;
-            state.index.put(&document, chunks)?;
+            index.put(vec![(document, chunks)])?;
         }
-        _ => state.index.remove(id),
+        _ => index.remove(id)?,
     }
-    state.index.commit()?;
+    state.changed_at = Some(Instant::now());
+    Ok(())
+}
+
+/// Makes pending changes searchable.
+fn commit(state: &mut ShardState) -> Result<(), ShardError> {
+    if std::mem::take(&mut state.commit_pending) {
+        if let Some(index) = state.index.as_mut() {
+            index.commit()?;
+        }
+    }
     Ok(())
 }
 
 fn search(state: &ShardState, query: &ShardQuery) -> Result<ShardAnswer, ShardError> {
+    let Some(index) = state.index.as_ref() else {
+        return Err(ShardError::Unavailable("jar deleted".into()));
+    };
     let keep = |info: &index::DocumentInfo| {
         (query.document_types.is_empty() || query.document_types.contains(&info.kind))
             && (query.tags.is_empty() || info.tags.iter().any(|t| query.tags.contains(t)))
     };
-    let index = &state.index;
-    let resolve = |hits: Vec<RankedHit>| -> Vec<(SearchHit, f32)> {
+    let resolve = |hits: Vec<ChunkHit>| -> Vec<(SearchHit, f32)> {
         hits.into_iter()
             .filter_map(|hit| {
-                let entry = index.entry(hit.key)?;
-                let info = index.document(entry.document_id)?;
+                let info = index.document(hit.document_id)?;
                 Some((
                     SearchHit {
                         jar_id: state.jar,
-                        document_id: entry.document_id,
-                        seq: entry.seq,
+                        document_id: hit.document_id,
+                        seq: hit.seq,
                         title: info.title.clone(),
                         kind: info.kind.clone(),
-                        text: entry.text.clone(),
-                        page: entry.page,
-                        section: entry.section.clone(),
+                        text: hit.text,
+                        page: hit.page,
+                        section: hit.section,
                         score: 0.0,
                     },
                     hit.score,
@@ -518,7 +662,7 @@ fn search(state: &ShardState, query: &ShardQuery) -> Result<ShardAnswer, ShardEr
     } else {
         index.bm25(&query.text, query.depth, &keep)?
     };
-    let vector = index.nearest(&query.embedding, query.depth, &keep);
+    let vector = index.nearest(&query.embedding, query.depth, &keep)?;
     Ok(ShardAnswer {
         bm25: resolve(bm25),
         vector: resolve(vector),
