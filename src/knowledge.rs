@@ -913,11 +913,6 @@ impl KnowledgeService {
         let document = self.document(who, id).await?;
         self.manageable(who, document.jar_id).await?;
         if let Some(deleted) = self.store.delete_document(id).await? {
-            if deleted.status == DocumentStatus::Processed {
-                self.store
-                    .adjust_jar_counts(deleted.jar_id, -1, -(deleted.embedding_count as i64))
-                    .await?;
-            }
             self.shards.document_changed(deleted.jar_id, deleted.id);
             self.blobs.delete(deleted.jar_id, deleted.id).await?;
         }

@@ -175,14 +175,6 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::NotFound`] for an unknown id.
     async fn update_jar(&self, jar: &HoneyJar) -> StoreResult<()>;
 
-    /// Adds to a jar's document and embedding counts (negative to subtract; never below 0).
-    async fn adjust_jar_counts(
-        &self,
-        id: JarId,
-        documents: i64,
-        embeddings: i64,
-    ) -> StoreResult<()>;
-
     /// Deletes a jar with all its documents and chunks, in one step. Returns whether it existed.
     async fn delete_jar(&self, id: JarId) -> StoreResult<bool>;
 
@@ -215,12 +207,15 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<Document>>;
 
-    /// Deletes a document and its chunks. Returns the deleted record, if it existed.
+    /// Deletes a document and its chunks, taking them off its jar's counts in the same step.
+    /// Returns the deleted record, if it existed.
     async fn delete_document(&self, id: DocumentId) -> StoreResult<Option<Document>>;
 
     /// Stores a document's chunks (with embeddings) and its updated record together, in one
-    /// step, replacing chunks stored before (a re-run of the pipeline). [`StoreError::NotFound`]
-    /// when the document was deleted meanwhile (nothing is written).
+    /// step, replacing chunks stored before (a re-run of the pipeline), and moves its jar's
+    /// counts by the difference in the same step: saving the same chunks again changes no
+    /// count. [`StoreError::NotFound`] when the document was deleted meanwhile (nothing is
+    /// written).
     async fn save_chunks(&self, document: &Document, chunks: &[Chunk]) -> StoreResult<()>;
 
     /// A document's chunks in order.

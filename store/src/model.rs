@@ -289,7 +289,9 @@ pub struct HoneyJar {
     pub shared_with: Vec<UserId>,
     /// The jar's data key wrapped (encrypted) by the node's key, when encryption is enabled.
     pub wrapped_key: Option<Vec<u8>>,
-    /// Processed documents and their embeddings; maintained by [`crate::Store::adjust_jar_counts`].
+    /// Documents with stored chunks (processed) and their chunks' embeddings; kept by
+    /// [`crate::Store::save_chunks`] and [`crate::Store::delete_document`] together with the
+    /// chunks, so they cannot drift from them.
     pub document_count: u64,
     pub embedding_count: u64,
     pub created_at: Timestamp,

@@ -396,9 +396,10 @@ async fn run(context: &Context, mut document: Document, started: Instant) -> Res
     Ok(())
 }
 
-/// Stores a processed document's chunks with its final record, counts it in its jar and tells
-/// the jar's live shard to index it: how a document becomes searchable, whether its chunks
-/// were made here or came with an imported archive.
+/// Stores a processed document's chunks with its final record and its jar's counts (one store
+/// step, so a retry counts nothing twice) and tells the jar's live shard to index it: how a
+/// document becomes searchable, whether its chunks were made here or came with an imported
+/// archive.
 pub async fn store_processed(
     store: &dyn Store,
     shards: &ShardRegistry,
@@ -406,9 +407,6 @@ pub async fn store_processed(
     chunks: &[Chunk],
 ) -> Result<(), StoreError> {
     store.save_chunks(document, chunks).await?;
-    store
-        .adjust_jar_counts(document.jar_id, 1, chunks.len() as i64)
-        .await?;
     shards.document_changed(document.jar_id, document.id);
     Ok(())
 }

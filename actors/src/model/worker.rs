@@ -23,7 +23,7 @@ use super::sampling::SamplingParams;
 use super::ModelError;
 
 /// Texts embedded in one forward pass at most.
-const EMBED_BATCH: usize = 32;
+pub const EMBED_BATCH: usize = 32;
 
 pub struct ModelWorker;
 

@@ -309,27 +309,6 @@ pub(super) fn update_jar(tx: &Connection, jar: &HoneyJar) -> StoreResult<()> {
     write_jar_lists(tx, jar)
 }
 
-pub(super) fn adjust_jar_counts(
-    tx: &Connection,
-    id: JarId,
-    documents: i64,
-    embeddings: i64,
-) -> StoreResult<()> {
-    let updated = tx
-        .execute(
-            "UPDATE jars SET document_count = MAX(0, document_count + ?2),
-             embedding_count = MAX(0, embedding_count + ?3) WHERE id = ?1",
-            params![id.to_string(), documents, embeddings],
-        )
-        .map_err(map_err)?;
-    if updated == 0 {
-        return Err(StoreError::NotFound {
-            entity: "honey jar",
-        });
-    }
-    Ok(())
-}
-
 pub(super) fn delete_jar(tx: &Connection, id: JarId) -> StoreResult<bool> {
     let id = id.to_string();
     tx.execute("DELETE FROM chunks WHERE jar_id = ?1", [&id])
@@ -591,8 +570,10 @@ pub(super) fn delete_document(tx: &Connection, id: DocumentId) -> StoreResult<Op
         return Ok(None);
     };
     let id = id.to_string();
+    let before = stored_chunks(tx, &id)?;
     tx.execute("DELETE FROM chunks WHERE document_id = ?1", [&id])
         .map_err(map_err)?;
+    count_chunks(tx, deleted.jar_id, before, 0)?;
     delete_list(tx, List::DocumentTags, &id)?;
     tx.execute("DELETE FROM documents WHERE id = ?1", [&id])
         .map_err(map_err)?;
@@ -666,7 +647,44 @@ pub(super) fn check_chunks(document: &Document, chunks: &[Chunk]) -> StoreResult
     }
 }
 
-/// Replaces a document's chunks and record; the caller has run [`check_chunks`].
+/// How many chunks a document has stored.
+fn stored_chunks(tx: &Connection, document_id: &str) -> StoreResult<u64> {
+    tx.query_row(
+        "SELECT COUNT(*) FROM chunks WHERE document_id = ?1",
+        [document_id],
+        |row| row.get::<_, i64>(0),
+    )
+    .map(|count| count as u64)
+    .map_err(map_err)
+}
+
+/// Moves a jar's counts as one of its documents goes from `before` to `after` stored chunks:
+/// a document counts once while it has chunks, and each chunk is one embedding. Called in the
+/// transaction that changes the chunks, so the counts cannot drift from them.
+fn count_chunks(tx: &Connection, jar_id: JarId, before: u64, after: u64) -> StoreResult<()> {
+    let documents = i64::from(after > 0) - i64::from(before > 0);
+    let embeddings = after as i64 - before as i64;
+    if documents == 0 && embeddings == 0 {
+        return Ok(());
+    }
+    // Never below 0, should counts written before they were kept this way be short.
+    let updated = tx
+        .execute(
+            "UPDATE jars SET document_count = MAX(0, document_count + ?2),
+             embedding_count = MAX(0, embedding_count + ?3) WHERE id = ?1",
+            params![jar_id.to_string(), documents, embeddings],
+        )
+        .map_err(map_err)?;
+    if updated == 0 {
+        return Err(StoreError::NotFound {
+            entity: "honey jar",
+        });
+    }
+    Ok(())
+}
+
+/// Replaces a document's chunks and record and moves its jar's counts by the difference; the
+/// caller has run [`check_chunks`].
 pub(super) fn save_chunks(
     tx: &Connection,
     document: &Document,
@@ -675,8 +693,10 @@ pub(super) fn save_chunks(
     // First the record: it fails (and so the transaction) when the document was deleted.
     write_document(tx, document, false)?;
     let id = document.id.to_string();
+    let before = stored_chunks(tx, &id)?;
     tx.execute("DELETE FROM chunks WHERE document_id = ?1", [&id])
         .map_err(map_err)?;
+    count_chunks(tx, document.jar_id, before, chunks.len() as u64)?;
     let mut insert = tx
         .prepare_cached(&format!(
             "INSERT INTO chunks ({CHUNK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"

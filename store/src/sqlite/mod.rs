@@ -813,16 +813,6 @@ impl Store for SqliteStore {
         self.write(move |tx| knowledge::update_jar(tx, &jar)).await
     }
 
-    async fn adjust_jar_counts(
-        &self,
-        id: JarId,
-        documents: i64,
-        embeddings: i64,
-    ) -> StoreResult<()> {
-        self.write(move |tx| knowledge::adjust_jar_counts(tx, id, documents, embeddings))
-            .await
-    }
-
     async fn delete_jar(&self, id: JarId) -> StoreResult<bool> {
         self.write(move |tx| knowledge::delete_jar(tx, id)).await
     }

@@ -26,7 +26,8 @@ macro_rules! store_test_suite {
             conversation_writes_need_current_lease, create_twice_conflicts_and_update_needs_record,
             message_retry_is_idempotent_and_seq_clash_conflicts, list_conversations_sorts_and_pages,
             delete_conversation_removes_messages_and_blocks_late_writes,
-            jar_roundtrip_and_update, jar_counts_adjust_and_never_go_negative,
+            jar_roundtrip_and_update, jar_counts_follow_saved_chunks,
+            deleting_a_document_takes_it_off_its_jar_counts,
             list_jars_filters_by_reader_visibility_owner_tag_search_and_pages,
             readable_jars_follow_visibility, document_lifecycle,
             save_chunks_replaces_and_refuses_deleted_documents, jar_chunks_pages_with_a_cursor,
@@ -886,34 +887,116 @@ pub async fn jar_roundtrip_and_update(store: &dyn Store) {
     );
 }
 
-pub async fn jar_counts_adjust_and_never_go_negative(store: &dyn Store) {
+/// A jar's (document_count, embedding_count).
+async fn jar_counts(store: &dyn Store, id: JarId) -> (u64, u64) {
+    let jar = store.jar(id).await.unwrap().expect("jar exists");
+    (jar.document_count, jar.embedding_count)
+}
+
+/// `document` as the pipeline saves it once processed into `count` chunks.
+async fn save_processed(store: &dyn Store, document: &Document, count: u32) -> Document {
+    let record = Document {
+        status: DocumentStatus::Processed,
+        progress: 100,
+        chunk_count: count as u64,
+        embedding_count: count as u64,
+        ..document.clone()
+    };
+    let chunks: Vec<Chunk> = (0..count)
+        .map(|seq| sample_chunk(document.id, document.jar_id, seq))
+        .collect();
+    store.save_chunks(&record, &chunks).await.unwrap();
+    record
+}
+
+pub async fn jar_counts_follow_saved_chunks(store: &dyn Store) {
+    let jar = sample_jar(Uuid::new_v4());
+    let other = sample_jar(jar.owner_id);
+    store.create_jar(&jar).await.unwrap();
+    store.create_jar(&other).await.unwrap();
+    let (a, b, elsewhere) = (
+        sample_document(&jar),
+        sample_document(&jar),
+        sample_document(&other),
+    );
+    for doc in [&a, &b, &elsewhere] {
+        store.create_document(doc).await.unwrap();
+    }
+    assert_eq!(
+        jar_counts(store, jar.id).await,
+        (0, 0),
+        "uploads count nothing"
+    );
+
+    save_processed(store, &a, 3).await;
+    assert_eq!(jar_counts(store, jar.id).await, (1, 3));
+    // A retry of the same save counts nothing twice.
+    save_processed(store, &a, 3).await;
+    assert_eq!(jar_counts(store, jar.id).await, (1, 3), "after a re-save");
+
+    save_processed(store, &b, 2).await;
+    save_processed(store, &elsewhere, 4).await;
+    assert_eq!(jar_counts(store, jar.id).await, (2, 5));
+    assert_eq!(jar_counts(store, other.id).await, (1, 4));
+
+    // Re-processed into fewer chunks: the counts move by the difference.
+    save_processed(store, &a, 1).await;
+    assert_eq!(
+        jar_counts(store, jar.id).await,
+        (2, 3),
+        "after a shorter re-run"
+    );
+    // A re-run's progress writes its record back to processing; the chunks still count once.
+    store.update_document(&a).await.unwrap();
+    assert_eq!(jar_counts(store, jar.id).await, (2, 3), "record rewritten");
+    save_processed(store, &a, 5).await;
+    assert_eq!(
+        jar_counts(store, jar.id).await,
+        (2, 7),
+        "after a longer re-run"
+    );
+    assert_eq!(
+        jar_counts(store, other.id).await,
+        (1, 4),
+        "another jar is untouched"
+    );
+}
+
+pub async fn deleting_a_document_takes_it_off_its_jar_counts(store: &dyn Store) {
     let jar = sample_jar(Uuid::new_v4());
     store.create_jar(&jar).await.unwrap();
-    let counts = |jar: Option<HoneyJar>| {
-        let jar = jar.expect("jar exists");
-        (jar.document_count, jar.embedding_count)
-    };
-    for (documents, embeddings, expected) in [
-        (3, 10, (3, 10)),
-        (-1, -4, (2, 6)),
-        (-5, -100, (0, 0)),
-        (1, 0, (1, 0)),
-    ] {
-        store
-            .adjust_jar_counts(jar.id, documents, embeddings)
-            .await
-            .unwrap();
-        assert_eq!(
-            counts(store.jar(jar.id).await.unwrap()),
-            expected,
-            "after {documents:+} {embeddings:+}"
-        );
-    }
-    let unknown = store.adjust_jar_counts(Uuid::new_v4(), 1, 1).await;
-    assert!(
-        matches!(unknown, Err(StoreError::NotFound { .. })),
-        "{unknown:?}"
+    let (kept, deleted, unprocessed) = (
+        sample_document(&jar),
+        sample_document(&jar),
+        sample_document(&jar),
     );
+    for doc in [&kept, &deleted, &unprocessed] {
+        store.create_document(doc).await.unwrap();
+    }
+    save_processed(store, &kept, 2).await;
+    let record = save_processed(store, &deleted, 3).await;
+    assert_eq!(jar_counts(store, jar.id).await, (2, 5));
+
+    store.delete_document(unprocessed.id).await.unwrap();
+    assert_eq!(
+        jar_counts(store, jar.id).await,
+        (2, 5),
+        "nothing to take off"
+    );
+    assert_eq!(
+        store.delete_document(deleted.id).await.unwrap(),
+        Some(record)
+    );
+    assert_eq!(jar_counts(store, jar.id).await, (1, 2));
+    assert_eq!(store.delete_document(deleted.id).await.unwrap(), None);
+    assert_eq!(jar_counts(store, jar.id).await, (1, 2), "deleted twice");
+    // The pipeline's late save of the deleted document is refused and counts nothing.
+    let late = store.save_chunks(&deleted, &[]).await;
+    assert!(matches!(late, Err(StoreError::NotFound { .. })), "{late:?}");
+    assert_eq!(jar_counts(store, jar.id).await, (1, 2), "late save");
+
+    store.delete_document(kept.id).await.unwrap();
+    assert_eq!(jar_counts(store, jar.id).await, (0, 0));
 }
 
 pub async fn list_jars_filters_by_reader_visibility_owner_tag_search_and_pages(store: &dyn Store) {
@@ -1587,12 +1670,17 @@ pub async fn delete_jar_cascades(store: &dyn Store) {
         })
         .await
         .unwrap();
+    // The other jar is untouched, counting its two documents of two chunks.
+    let kept = HoneyJar {
+        document_count: 2,
+        embedding_count: 4,
+        ..kept
+    };
     assert_eq!((listed, total), (vec![kept.clone()], 1));
     assert!(!store.delete_jar(doomed.id).await.unwrap());
     let late = store.create_document(&sample_document(&doomed)).await;
     assert!(matches!(late, Err(StoreError::NotFound { .. })), "{late:?}");
 
-    // The other jar is untouched.
     assert_eq!(store.jar(kept.id).await.unwrap(), Some(kept.clone()));
     for (doc, chunks) in &documents[2..] {
         assert_eq!(store.document(doc.id).await.unwrap(), Some(doc.clone()));
