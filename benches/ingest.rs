@@ -374,6 +374,7 @@ async fn ingest(
         store.clone(),
         ShardConfig {
             node: "bench".into(),
+            dir: dir.path().join("shards"),
             shards_per_jar: 1,
             lease_ttl: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
