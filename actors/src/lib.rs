@@ -4,12 +4,15 @@
 //! Supervision tree of a node (grows with later capabilities):
 //!
 //! ```text
-//! SessionSupervisor ── SessionActor (one per active login session)
-//! ConversationSupervisor ── ConversationActor (one per active conversation)
+//! ChildSupervisor<SessionActor> ── SessionActor (one per active login session)
+//! ChildSupervisor<ConversationActor> ── ConversationActor (one per active conversation)
 //! IngestionPipeline ── DocumentIngestion (one per document being processed)
-//! ShardSupervisor ── JarShardActor (one per active honey-jar shard)
+//! ChildSupervisor<JarShardActor> ── JarShardActor (one per active honey-jar shard)
 //! ModelPool ── ModelWorker (one per loaded model)
 //! ```
+//!
+//! One generic supervisor (`supervision::ChildSupervisor`) serves every kind whose children are
+//! named, activated on demand and passivate themselves.
 
 pub mod conversation;
 pub mod ingestion;

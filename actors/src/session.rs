@@ -7,7 +7,7 @@
 //! and passivates (stops) after `idle_timeout` without requests. The store stays the source of
 //! truth: a session actor can die at any time and is rebuilt on the next request.
 //!
-//! Supervision: a single [`SessionSupervisor`] spawns every session actor linked to itself and
+//! Supervision: a single `ChildSupervisor<SessionActor>` spawns every session actor linked to itself and
 //! registered under a name derived from the token hash. A failed session actor is logged and
 //! forgotten; nothing else is restarted.
 
@@ -15,11 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sha2::{Digest, Sha256};
 use sting_store::{Role, Session, Store, StoreError, Timestamp, User, UserId};
 
-use crate::supervision::Children;
+use crate::supervision::{Activate, ChildSupervisor};
 use uuid::Uuid;
 
 /// How long an edge request waits for a session actor before failing.
@@ -106,7 +106,7 @@ fn actor_name(token_hash: &str) -> String {
 /// The node's entry point to sessions: a cheap, cloneable handle to the supervisor.
 #[derive(Clone)]
 pub struct SessionRegistry {
-    supervisor: ActorRef<SupervisorMsg>,
+    supervisor: ActorRef<Activate<SessionActor>>,
     store: Arc<dyn Store>,
     policy: Arc<SessionPolicy>,
     active: Arc<AtomicU64>,
@@ -119,15 +119,9 @@ impl SessionRegistry {
         policy: SessionPolicy,
     ) -> Result<(SessionRegistry, tokio::task::JoinHandle<()>), SessionError> {
         let active = Arc::new(AtomicU64::new(0));
-        let (supervisor, handle) = Actor::spawn(
-            None,
-            SessionSupervisor,
-            SupervisorArgs {
-                active: active.clone(),
-            },
-        )
-        .await
-        .map_err(|err| SessionError::Unavailable(err.to_string()))?;
+        let (supervisor, handle) = ChildSupervisor::start("session", active.clone())
+            .await
+            .map_err(|err| SessionError::Unavailable(err.to_string()))?;
         let registry = SessionRegistry {
             supervisor,
             store,
@@ -199,15 +193,10 @@ impl SessionRegistry {
             session,
             user,
         };
-        let actor = self
-            .supervisor
-            .call(
-                |reply| SupervisorMsg::Activate(Box::new(args), reply),
-                Some(CALL_TIMEOUT),
-            )
+        let name = actor_name(&args.session.token_hash);
+        let actor = ChildSupervisor::activate(&self.supervisor, name, args, CALL_TIMEOUT)
             .await
-            .map_err(|err| SessionError::Unavailable(err.to_string()))?
-            .success_or(SessionError::Unavailable("supervisor timed out".into()))??;
+            .map_err(SessionError::Unavailable)?;
         Ok(Some(actor))
     }
 
@@ -246,85 +235,10 @@ async fn ask_authenticate(
 }
 
 // ---------------------------------------------------------------------------------------
-// SessionSupervisor
-
-/// Parent of every session actor on the node.
-pub struct SessionSupervisor;
-
-pub struct SupervisorArgs {
-    active: Arc<AtomicU64>,
-}
-
-pub struct SupervisorState {
-    children: Children,
-}
-
-pub enum SupervisorMsg {
-    /// Returns the live actor of a session, spawning it from the loaded records if needed.
-    Activate(
-        Box<SessionArgs>,
-        RpcReplyPort<Result<ActorRef<SessionMsg>, SessionError>>,
-    ),
-}
-
-impl Actor for SessionSupervisor {
-    type Msg = SupervisorMsg;
-    type State = SupervisorState;
-    type Arguments = SupervisorArgs;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        args: SupervisorArgs,
-    ) -> Result<SupervisorState, ActorProcessingErr> {
-        Ok(SupervisorState {
-            children: Children::new(args.active),
-        })
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        message: SupervisorMsg,
-        state: &mut SupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        match message {
-            SupervisorMsg::Activate(args, reply) => {
-                let result = activate(myself.get_cell(), *args, state).await;
-                let _ = reply.send(result);
-            }
-        }
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        event: SupervisionEvent,
-        state: &mut SupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.children.on_event(&event, "session");
-        Ok(())
-    }
-}
-
-async fn activate(
-    supervisor: ActorCell,
-    args: SessionArgs,
-    state: &mut SupervisorState,
-) -> Result<ActorRef<SessionMsg>, SessionError> {
-    let name = actor_name(&args.session.token_hash);
-    state
-        .children
-        .activate(name, SessionActor, args, supervisor)
-        .await
-        .map_err(|err| SessionError::Unavailable(err.to_string()))
-}
-
-// ---------------------------------------------------------------------------------------
 // SessionActor
 
 /// The live state of one login session.
+#[derive(Default)]
 pub struct SessionActor;
 
 pub struct SessionArgs {

@@ -1,14 +1,103 @@
-//! What the node's supervisors and their lease-holding children share: the set of live
-//! children, counted into a gauge, and the renewal of a child's lease.
+//! The node's supervisors and what their lease-holding children share. Sessions,
+//! conversations and jar shards are each supervised by one [`ChildSupervisor`]: it spawns a
+//! child under its unique name on first need (or hands out the live one), links it to itself and
+//! counts the live ones into a gauge. Children renew their leases with [`renew_if_due`].
 
 use std::collections::HashSet;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use std::time::Duration;
 
-use ractor::{Actor, ActorCell, ActorId, ActorRef, SpawnErr, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr,
+    SupervisionEvent,
+};
 use sting_store::{Lease, Store, StoreError, Timestamp};
+
+/// Supervisor of the children of kind `A` (a unit actor type such as the session actor).
+pub(crate) struct ChildSupervisor<A> {
+    /// Names the kind in logs ("session", "conversation", ...).
+    kind: &'static str,
+    child: PhantomData<fn() -> A>,
+}
+
+/// Asks a [`ChildSupervisor`] for the live child named `name`, spawning it with `args` if none.
+pub(crate) struct Activate<A: Actor> {
+    name: String,
+    args: A::Arguments,
+    reply: RpcReplyPort<Result<ActorRef<A::Msg>, SpawnErr>>,
+}
+
+impl<A: Actor + Default> ChildSupervisor<A> {
+    /// Starts the supervisor; `live` is the gauge of its live children.
+    pub(crate) async fn start(
+        kind: &'static str,
+        live: Arc<AtomicU64>,
+    ) -> Result<(ActorRef<Activate<A>>, tokio::task::JoinHandle<()>), SpawnErr> {
+        let supervisor = ChildSupervisor {
+            kind,
+            child: PhantomData,
+        };
+        Actor::spawn(None, supervisor, live).await
+    }
+
+    /// The live child named `name`, or a new one started with `args`; failures as text.
+    pub(crate) async fn activate(
+        supervisor: &ActorRef<Activate<A>>,
+        name: String,
+        args: A::Arguments,
+        timeout: Duration,
+    ) -> Result<ActorRef<A::Msg>, String> {
+        if let Some(live) = ActorRef::<A::Msg>::where_is(name.clone()) {
+            return Ok(live);
+        }
+        supervisor
+            .call(|reply| Activate { name, args, reply }, Some(timeout))
+            .await
+            .map_err(|err| err.to_string())?
+            .success_or("supervisor timed out".to_string())?
+            .map_err(|err| err.to_string())
+    }
+}
+
+impl<A: Actor + Default> Actor for ChildSupervisor<A> {
+    type Msg = Activate<A>;
+    type State = Children;
+    type Arguments = Arc<AtomicU64>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        live: Arc<AtomicU64>,
+    ) -> Result<Children, ActorProcessingErr> {
+        Ok(Children::new(live))
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        Activate { name, args, reply }: Activate<A>,
+        children: &mut Children,
+    ) -> Result<(), ActorProcessingErr> {
+        let child = children
+            .activate(name, A::default(), args, myself.get_cell())
+            .await;
+        let _ = reply.send(child);
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        children: &mut Children,
+    ) -> Result<(), ActorProcessingErr> {
+        children.on_event(&event, self.kind);
+        Ok(())
+    }
+}
 
 /// The live children of one supervisor; `live` is read by health checks and metrics.
 pub(crate) struct Children {
@@ -17,7 +106,7 @@ pub(crate) struct Children {
 }
 
 impl Children {
-    pub(crate) fn new(live: Arc<AtomicU64>) -> Children {
+    fn new(live: Arc<AtomicU64>) -> Children {
         Children {
             ids: HashSet::new(),
             live,
@@ -26,7 +115,7 @@ impl Children {
 
     /// The live child registered as `name`, or a new one spawned linked to `supervisor`
     /// (another request may have activated it meanwhile: names are unique per node).
-    pub(crate) async fn activate<A: Actor>(
+    async fn activate<A: Actor>(
         &mut self,
         name: String,
         actor: A,
@@ -44,7 +133,7 @@ impl Children {
 
     /// Forgets the child that `event` reports terminated or failed (failures are logged as
     /// failures of a `kind` actor); other events change nothing.
-    pub(crate) fn on_event(&mut self, event: &SupervisionEvent, kind: &str) {
+    fn on_event(&mut self, event: &SupervisionEvent, kind: &str) {
         let gone = match event {
             SupervisionEvent::ActorTerminated(cell, _, _) => cell.get_id(),
             SupervisionEvent::ActorFailed(cell, err) => {

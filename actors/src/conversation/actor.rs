@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sting_store::{
     conversation_lease_key, Conversation, ConversationId, Lease, Message, MessageRole,
     MessageStatus, PruningRecord, StoreError, Timestamp, UserId,
@@ -14,86 +14,24 @@ use uuid::Uuid;
 use super::prompt::{self, PromptCounter};
 use super::pruning::Summariser;
 use super::{
-    actor_name, ChatError, PruneReport, Shared, TurnEvent, TurnOutcome, TurnRequest, UsageReport,
+    ChatError, PruneReport, Shared, TurnEvent, TurnOutcome, TurnRequest, UsageReport,
     MAX_ACTIVE_MESSAGES,
 };
 use crate::model::manifest::ChatTemplate;
 use crate::model::tokens::TokenCounter;
 use crate::model::worker::GenerateRequest;
 use crate::model::{GenerationEvent, ModelError, ModelKind, Role, SamplingParams};
-use crate::supervision::{self, Children};
+use crate::supervision;
 
 /// Characters of a title (from the first message) and of the latest-message preview.
 const TITLE_CHARS: usize = 80;
 const PREVIEW_CHARS: usize = 200;
 
 // ---------------------------------------------------------------------------------------
-// ConversationSupervisor
-
-/// Parent of every conversation actor on the node.
-pub struct ConversationSupervisor;
-
-pub struct SupervisorState {
-    shared: Arc<Shared>,
-    children: Children,
-}
-
-pub enum SupervisorMsg {
-    /// Returns the live actor of a conversation, spawning (and so rebuilding) it if needed.
-    Activate(
-        ConversationId,
-        RpcReplyPort<Result<ActorRef<ConversationMsg>, ChatError>>,
-    ),
-}
-
-impl Actor for ConversationSupervisor {
-    type Msg = SupervisorMsg;
-    type State = SupervisorState;
-    type Arguments = Arc<Shared>;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        shared: Arc<Shared>,
-    ) -> Result<SupervisorState, ActorProcessingErr> {
-        Ok(SupervisorState {
-            children: Children::new(shared.active.clone()),
-            shared,
-        })
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        message: SupervisorMsg,
-        state: &mut SupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        let SupervisorMsg::Activate(id, reply) = message;
-        let args = (id, state.shared.clone());
-        let result = state
-            .children
-            .activate(actor_name(id), ConversationActor, args, myself.get_cell())
-            .await
-            .map_err(|err| ChatError::Unavailable(err.to_string()));
-        let _ = reply.send(result);
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        event: SupervisionEvent,
-        state: &mut SupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.children.on_event(&event, "conversation");
-        Ok(())
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // ConversationActor
 
 /// The single writer of one conversation.
+#[derive(Default)]
 pub struct ConversationActor;
 
 pub struct ConversationState {

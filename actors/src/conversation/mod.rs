@@ -12,7 +12,7 @@
 //! Reads (history, listings) go straight to the store, after checking that the caller owns the
 //! conversation: another user's conversation is "not found", never its content.
 //!
-//! Supervision: [`ConversationRegistry`] (a handle) ── `ConversationSupervisor` ──
+//! Supervision: [`ConversationRegistry`] (a handle) ── `ChildSupervisor<ConversationActor>` ──
 //! `ConversationActor` (one per active conversation, linked; a failed one is logged and
 //! rebuilt from the store by the next request).
 
@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorRef};
+use ractor::ActorRef;
 use sting_store::{
     Conversation, ConversationId, ConversationSort, Message, MessageStatus, Page, PruningRecord,
     SortOrder, Store, StoreError, UserId,
@@ -37,7 +37,8 @@ use uuid::Uuid;
 use crate::model::pool::ModelPoolHandle;
 use crate::model::tokens::TokenCounters;
 use crate::model::ModelError;
-use actor::{ConversationMsg, SupervisorMsg};
+use crate::supervision::{Activate, ChildSupervisor};
+use actor::{ConversationActor, ConversationMsg};
 
 pub use prompt::{fit_passages, system_text, Passage, TokenUsage};
 
@@ -228,7 +229,7 @@ fn actor_name(id: ConversationId) -> String {
 /// The node's entry point to conversations: a cheap, cloneable handle.
 #[derive(Clone)]
 pub struct ConversationRegistry {
-    supervisor: ActorRef<SupervisorMsg>,
+    supervisor: ActorRef<Activate<ConversationActor>>,
     shared: Arc<Shared>,
 }
 
@@ -248,7 +249,7 @@ impl ConversationRegistry {
             retriever,
             active: Arc::new(AtomicU64::new(0)),
         });
-        let (supervisor, _) = Actor::spawn(None, actor::ConversationSupervisor, shared.clone())
+        let (supervisor, _) = ChildSupervisor::start("conversation", shared.active.clone())
             .await
             .map_err(|err| ChatError::Unavailable(err.to_string()))?;
         Ok(ConversationRegistry { supervisor, shared })
@@ -408,17 +409,10 @@ impl ConversationRegistry {
 
     /// The live actor of a conversation, activating it if needed.
     async fn actor(&self, id: ConversationId) -> Result<ActorRef<ConversationMsg>, ChatError> {
-        if let Some(actor) = ActorRef::<ConversationMsg>::where_is(actor_name(id)) {
-            return Ok(actor);
-        }
-        self.supervisor
-            .call(
-                |reply| SupervisorMsg::Activate(id, reply),
-                Some(CALL_TIMEOUT),
-            )
+        let args = (id, self.shared.clone());
+        ChildSupervisor::activate(&self.supervisor, actor_name(id), args, CALL_TIMEOUT)
             .await
-            .map_err(|err| ChatError::Unavailable(err.to_string()))?
-            .success_or(ChatError::Unavailable("supervisor timed out".into()))?
+            .map_err(ChatError::Unavailable)
     }
 
     async fn ask<T: Send + 'static>(

@@ -19,12 +19,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sting_store::{
     Chunk, Document, DocumentId, DocumentStatus, JarId, Lease, Page, Store, StoreError, Timestamp,
 };
 
-use crate::supervision::{self, Children};
+use crate::supervision::{self, Activate, ChildSupervisor};
 use index::{ChunkHit, IndexError, ShardIndex};
 
 /// The RRF constant (the usual 60: it damps the weight of the very first ranks).
@@ -132,7 +132,7 @@ pub struct Shared {
 /// The node's entry point to jar shards.
 #[derive(Clone)]
 pub struct ShardRegistry {
-    supervisor: ActorRef<SupervisorMsg>,
+    supervisor: ActorRef<Activate<JarShardActor>>,
     shared: Arc<Shared>,
 }
 
@@ -146,7 +146,7 @@ impl ShardRegistry {
             config,
             active: Default::default(),
         });
-        let (supervisor, _) = Actor::spawn(None, ShardSupervisor, shared.clone())
+        let (supervisor, _) = ChildSupervisor::start("jar shard", shared.active.clone())
             .await
             .map_err(|err| ShardError::Unavailable(err.to_string()))?;
         Ok(ShardRegistry { supervisor, shared })
@@ -219,18 +219,15 @@ impl ShardRegistry {
         query: ShardQuery,
     ) -> Result<ShardAnswer, ShardError> {
         for _ in 0..5 {
-            let actor = match ActorRef::<ShardMsg>::where_is(actor_name(jar, shard)) {
-                Some(actor) => actor,
-                None => self
-                    .supervisor
-                    .call(
-                        |reply| SupervisorMsg::Activate(jar, shard, reply),
-                        Some(CALL_TIMEOUT),
-                    )
-                    .await
-                    .map_err(|err| ShardError::Unavailable(err.to_string()))?
-                    .success_or(ShardError::Unavailable("activation timed out".into()))??,
-            };
+            let args = (jar, shard, self.shared.clone());
+            let actor = ChildSupervisor::activate(
+                &self.supervisor,
+                actor_name(jar, shard),
+                args,
+                CALL_TIMEOUT,
+            )
+            .await
+            .map_err(ShardError::Unavailable)?;
             let query = query.clone();
             match actor
                 .call(|reply| ShardMsg::Search(query, reply), Some(CALL_TIMEOUT))
@@ -292,75 +289,9 @@ fn fuse(answers: Vec<ShardAnswer>, limit: usize) -> (Vec<SearchHit>, usize) {
 }
 
 // ---------------------------------------------------------------------------------------
-// ShardSupervisor
-
-pub struct ShardSupervisor;
-
-pub struct SupervisorState {
-    shared: Arc<Shared>,
-    children: Children,
-}
-
-pub enum SupervisorMsg {
-    Activate(
-        JarId,
-        u32,
-        RpcReplyPort<Result<ActorRef<ShardMsg>, ShardError>>,
-    ),
-}
-
-impl Actor for ShardSupervisor {
-    type Msg = SupervisorMsg;
-    type State = SupervisorState;
-    type Arguments = Arc<Shared>;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        shared: Arc<Shared>,
-    ) -> Result<SupervisorState, ActorProcessingErr> {
-        Ok(SupervisorState {
-            children: Children::new(shared.active.clone()),
-            shared,
-        })
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        message: SupervisorMsg,
-        state: &mut SupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        let SupervisorMsg::Activate(jar, shard, reply) = message;
-        let args = (jar, shard, state.shared.clone());
-        let result = state
-            .children
-            .activate(
-                actor_name(jar, shard),
-                JarShardActor,
-                args,
-                myself.get_cell(),
-            )
-            .await
-            .map_err(|err| ShardError::Unavailable(err.to_string()));
-        let _ = reply.send(result);
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        event: SupervisionEvent,
-        state: &mut SupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.children.on_event(&event, "jar shard");
-        Ok(())
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // JarShardActor
 
+#[derive(Default)]
 pub struct JarShardActor;
 
 pub struct ShardState {
