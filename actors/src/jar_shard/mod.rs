@@ -127,6 +127,30 @@ pub struct Shared {
     store: Arc<dyn Store>,
     config: ShardConfig,
     active: Arc<std::sync::atomic::AtomicU64>,
+    /// One holder per shard directory. A stopping actor leaves the name registry before its
+    /// `post_stop` (its checkpoint) runs, so its successor waits here until it has let go.
+    directories: std::sync::Mutex<HashMap<(JarId, u32), DirectoryLock>>,
+}
+
+type DirectoryLock = Arc<tokio::sync::Mutex<()>>;
+
+impl Shared {
+    /// Waits until no other actor on this node holds the shard's directory, and holds it.
+    async fn hold_directory(
+        &self,
+        jar: JarId,
+        shard: u32,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, ShardError> {
+        let lock = {
+            let mut directories = self.directories.lock().unwrap_or_else(|e| e.into_inner());
+            directories.entry((jar, shard)).or_default().clone()
+        };
+        tokio::time::timeout(CALL_TIMEOUT, lock.lock_owned())
+            .await
+            .map_err(|_| {
+                ShardError::Unavailable("the shard's previous actor is still stopping".into())
+            })
+    }
 }
 
 /// The node's entry point to jar shards.
@@ -145,6 +169,7 @@ impl ShardRegistry {
             store,
             config,
             active: Default::default(),
+            directories: Default::default(),
         });
         let (supervisor, _) = ChildSupervisor::start("jar shard", shared.active.clone())
             .await
@@ -306,6 +331,8 @@ pub struct ShardState {
     changed_at: Option<Instant>,
     /// Changes await a commit (one is scheduled).
     commit_pending: bool,
+    /// Declared last: dropped after the index, so a successor opens it only once let go.
+    _directory: tokio::sync::OwnedMutexGuard<()>,
 }
 
 pub enum ShardMsg {
@@ -329,6 +356,7 @@ impl Actor for JarShardActor {
         myself: ActorRef<Self::Msg>,
         (jar, shard, shared): Self::Arguments,
     ) -> Result<ShardState, ActorProcessingErr> {
+        let directory = shared.hold_directory(jar, shard).await?;
         let config = &shared.config;
         let lease = shared
             .store
@@ -353,6 +381,7 @@ impl Actor for JarShardActor {
             last_request: Instant::now(),
             changed_at: None,
             commit_pending: false,
+            _directory: directory,
         })
     }
 
