@@ -35,9 +35,7 @@ use sting_actors::model::pool::{ModelPoolHandle, PoolConfig};
 use sting_actors::model::runtime::OnnxRuntime;
 use sting_actors::model::tokens::TokenCounter;
 use sting_actors::model::worker::EMBED_BATCH;
-use sting_store::{
-    Document, DocumentStatus, HoneyJar, JarSettings, SqliteStore, Store, Timestamp, Visibility,
-};
+use sting_store::{Document, HoneyJar, JarSettings, SqliteStore, Store, Timestamp, Visibility};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 use uuid::Uuid;
 
@@ -453,29 +451,11 @@ fn new_jar() -> HoneyJar {
 
 /// The record of a fresh upload, waiting for the pipeline.
 fn new_document(jar: &HoneyJar, upload: &Upload) -> Document {
-    let now = Timestamp::now();
+    let sha256 = hex::encode(Sha256::digest(&upload.bytes));
+    let size = upload.bytes.len() as u64;
     Document {
-        id: Uuid::new_v4(),
-        jar_id: jar.id,
-        uploader_id: jar.owner_id,
-        filename: upload.filename.clone(),
-        title: upload.filename.clone(),
-        description: String::new(),
-        tags: Vec::new(),
-        size: upload.bytes.len() as u64,
         mime_type: upload.kind.mime_type().into(),
         kind: upload.kind.as_str().into(),
-        sha256: hex::encode(Sha256::digest(&upload.bytes)),
-        status: DocumentStatus::Processing,
-        progress: 0,
-        error: None,
-        chunk_count: 0,
-        embedding_count: 0,
-        processing_ms: None,
-        pages: None,
-        word_count: 0,
-        language: None,
-        uploaded_at: now,
-        updated_at: now,
+        ..Document::new_upload(jar.id, jar.owner_id, upload.filename.clone(), size, sha256)
     }
 }

@@ -289,30 +289,26 @@ async fn run_sting(corpus: &Corpus, truth: &Truth) -> StingFigures {
     let mut chunk_of: HashMap<(DocumentId, u32), usize> = HashMap::new();
     let started = Instant::now();
     for d in 0..documents {
-        let now = Timestamp::now();
+        let upload = Document::new_upload(
+            jar.id,
+            owner.id,
+            format!("document-{d}.md"),
+            1000,
+            "00".repeat(32),
+        );
         let document = Document {
-            id: uuid::Uuid::new_v4(),
-            jar_id: jar.id,
-            uploader_id: owner.id,
-            filename: format!("document-{d}.md"),
             title: format!("Document {d}"),
-            description: String::new(),
             tags: vec![format!("t{}", d % TAGS)],
-            size: 1000,
             mime_type: "text/markdown".into(),
             kind: "markdown".into(),
-            sha256: "00".repeat(32),
             status: DocumentStatus::Processed,
             progress: 100,
-            error: None,
             chunk_count: CHUNKS_PER_DOCUMENT as u64,
             embedding_count: CHUNKS_PER_DOCUMENT as u64,
             processing_ms: Some(1),
-            pages: None,
             word_count: 100,
             language: Some("en".into()),
-            uploaded_at: now,
-            updated_at: now,
+            ..upload
         };
         let chunks: Vec<Chunk> = (0..CHUNKS_PER_DOCUMENT)
             .map(|seq| {

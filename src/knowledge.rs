@@ -971,34 +971,16 @@ fn new_document(
 ) -> Result<Document> {
     let filename = sanitise_filename(filename);
     let detected = detect(bytes, &filename);
-    let now = Timestamp::now();
     let title = match metadata.title {
         Some(title) => valid_name(&title)?,
         None => title_from(&filename),
     };
+    let sha256 = hex::encode(Sha256::digest(bytes));
     let mut document = Document {
-        id: Uuid::new_v4(),
-        jar_id: jar,
-        uploader_id: uploader,
         title,
         description: valid_description(metadata.description.as_deref().unwrap_or(""))?,
         tags: valid_tags(metadata.tags)?,
-        size: bytes.len() as u64,
-        mime_type: "application/octet-stream".into(),
-        kind: "unknown".into(),
-        sha256: hex::encode(Sha256::digest(bytes)),
-        status: DocumentStatus::Processing,
-        progress: 0,
-        error: None,
-        chunk_count: 0,
-        embedding_count: 0,
-        processing_ms: None,
-        pages: None,
-        word_count: 0,
-        language: None,
-        uploaded_at: now,
-        updated_at: now,
-        filename,
+        ..Document::new_upload(jar, uploader, filename, bytes.len() as u64, sha256)
     };
     match detected {
         Ok(kind) => {

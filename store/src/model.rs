@@ -378,6 +378,44 @@ pub struct Document {
     pub updated_at: Timestamp,
 }
 
+impl Document {
+    /// The record of an original just uploaded into `jar_id` by `uploader_id`: `processing`,
+    /// titled by its file name, of unknown kind, with nothing extracted yet.
+    pub fn new_upload(
+        jar_id: JarId,
+        uploader_id: UserId,
+        filename: String,
+        size: u64,
+        sha256: String,
+    ) -> Document {
+        let now = Timestamp::now();
+        Document {
+            id: Uuid::new_v4(),
+            jar_id,
+            uploader_id,
+            title: filename.clone(),
+            filename,
+            description: String::new(),
+            tags: Vec::new(),
+            size,
+            mime_type: "application/octet-stream".into(),
+            kind: "unknown".into(),
+            sha256,
+            status: DocumentStatus::Processing,
+            progress: 0,
+            error: None,
+            chunk_count: 0,
+            embedding_count: 0,
+            processing_ms: None,
+            pages: None,
+            word_count: 0,
+            language: None,
+            uploaded_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 /// A piece of a document's text with its embedding: what search finds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {

@@ -700,29 +700,21 @@ mod tests {
     const DIMS: usize = 8;
 
     fn document(n: u128, tag: &str) -> Document {
+        let upload = Document::new_upload(
+            DocumentId::nil(),
+            DocumentId::nil(),
+            format!("d{n}.md"),
+            1,
+            String::new(),
+        );
         Document {
             id: DocumentId::from_u128(n),
-            jar_id: DocumentId::nil(),
-            uploader_id: DocumentId::nil(),
-            filename: format!("d{n}.md"),
             title: format!("Document {n}"),
-            description: String::new(),
             tags: vec![tag.to_string()],
-            size: 1,
-            mime_type: "text/markdown".into(),
             kind: "markdown".into(),
-            sha256: String::new(),
             status: DocumentStatus::Processed,
-            progress: 100,
-            error: None,
-            chunk_count: 0,
-            embedding_count: 0,
-            processing_ms: None,
-            pages: None,
-            word_count: 0,
-            language: None,
-            uploaded_at: Timestamp(1),
             updated_at: Timestamp(n as i64),
+            ..upload
         }
     }
 
