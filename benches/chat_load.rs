@@ -23,6 +23,9 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+mod common;
+use common::{listen_url, percentile};
+
 const CONCURRENCIES: [usize; 2] = [1, 16];
 const PROMPT: &str = "Write a short paragraph about how honey bees make honey.";
 
@@ -131,20 +134,6 @@ async fn run(data_dir: PathBuf, rounds: usize, tokens: usize) {
     let _ = server.wait();
 }
 
-fn listen_url(stdout: std::process::ChildStdout) -> String {
-    use std::io::BufRead;
-    for line in std::io::BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        if let Some(url) = line.split("listening on ").nth(1) {
-            return url
-                .trim()
-                .trim_end_matches("/api")
-                .replace("localhost", "127.0.0.1");
-        }
-    }
-    panic!("sting exited before listening");
-}
-
 /// `concurrency` chats at once, one socket and one new conversation each.
 async fn round(url: &str, token: &str, concurrency: usize, tokens: usize) -> Vec<Chat> {
     let chats = (0..concurrency).map(|_| chat(url, token, tokens));
@@ -182,11 +171,6 @@ async fn chat(url: &str, token: &str, tokens: usize) -> Chat {
         }
     }
     panic!("socket closed before the answer completed");
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
 }
 
 fn median(values: &mut [f64]) -> f64 {

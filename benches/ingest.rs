@@ -371,12 +371,14 @@ async fn ingest(
     let shards = ShardRegistry::start(
         store.clone(),
         ShardConfig {
-            node: "bench".into(),
             dir: dir.path().join("shards"),
             shards_per_jar: 1,
             lease_ttl: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
         },
+        sting_cluster::Cluster::single(sting_cluster::NodeId::new("bench"))
+            .await
+            .unwrap(),
     )
     .await
     .unwrap();

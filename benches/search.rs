@@ -239,12 +239,14 @@ async fn run_sting(corpus: &Corpus, truth: &Truth) -> StingFigures {
     let shards = ShardRegistry::start(
         store.clone(),
         ShardConfig {
-            node: "bench".into(),
             dir: temp.path().join("shards"),
             shards_per_jar: 1,
             lease_ttl: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(3600),
         },
+        sting_cluster::Cluster::single(sting_cluster::NodeId::new("bench"))
+            .await
+            .unwrap(),
     )
     .await
     .unwrap();

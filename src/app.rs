@@ -10,8 +10,9 @@ use sting_actors::ingestion::blobs::{BlobStore, MasterKey};
 use sting_actors::ingestion::pipeline::{self, IngestionHandle};
 use sting_actors::jar_shard::ShardRegistry;
 use sting_actors::model::pool::ModelPoolHandle;
+use sting_actors::remote::{NodeCommand, NodeHandler};
 use sting_actors::session::SessionRegistry;
-use sting_cluster::NodeId;
+use sting_cluster::{Cluster, MemberState, NodeId, NodeReport};
 use sting_store::{SqliteStore, Store, Timestamp};
 
 use crate::config::Config;
@@ -24,6 +25,7 @@ use crate::metrics::{HostSampler, Metrics};
 pub struct AppContext {
     pub config: Config,
     pub node: NodeId,
+    pub cluster: Cluster,
     pub store: Arc<dyn Store>,
     pub identity: IdentityService,
     pub models: ModelPoolHandle,
@@ -37,6 +39,10 @@ pub struct AppContext {
     pub closing: tokio::sync::watch::Sender<bool>,
     pub started_at: Instant,
     pub started_at_utc: chrono::DateTime<chrono::Utc>,
+    /// Where the HTTP edge listens, once bound (reported to the cluster).
+    pub http_address: std::sync::OnceLock<String>,
+    /// Asks the node to stop (`sting cluster leave`): the serve loop shuts down gracefully.
+    pub leave: tokio::sync::watch::Sender<bool>,
 }
 
 /// Tasks that live as long as the node.
@@ -54,6 +60,8 @@ impl Background {
 
 /// How often expired sessions are deleted from the store.
 const SESSION_GC_INTERVAL: Duration = Duration::from_secs(600);
+/// How long `sting cluster leave` waits for this node's actors to hand over before stopping.
+const LEAVE_HANDOVER: Duration = Duration::from_secs(30);
 /// How often idle callers are dropped from the rate limiters.
 const RATE_LIMIT_GC_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -61,8 +69,13 @@ impl AppContext {
     /// Opens the store, starts the session supervisor and housekeeping, and creates the
     /// bootstrap admin when configured.
     pub async fn start(config: Config) -> anyhow::Result<(Arc<AppContext>, Background)> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        for dir in [config.data_dir.clone(), config.store_dir()] {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating directory {}", dir.display()))?;
+        }
+        let cluster = Cluster::start(config.cluster_config())
+            .await
+            .context("starting the cluster node")?;
         let db_path = config.database_path();
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(&db_path)
@@ -79,10 +92,10 @@ impl AppContext {
             .await
             .context("starting the model pool")?;
 
-        let master_key = MasterKey::load_or_create(&config.data_dir.join("keys/master.key"))
-            .context("loading the node's master key")?;
-        let blobs = BlobStore::new(config.data_dir.join("blobs"));
-        let shards = ShardRegistry::start(store.clone(), config.shard_config())
+        let master_key = MasterKey::load_or_create(&config.store_dir().join("keys/master.key"))
+            .context("loading the master key")?;
+        let blobs = BlobStore::new(config.store_dir().join("blobs"));
+        let shards = ShardRegistry::start(store.clone(), config.shard_config(), cluster.clone())
             .await
             .context("starting the jar shard supervisor")?;
         let ingestion = IngestionHandle::start(pipeline::Context {
@@ -123,6 +136,7 @@ impl AppContext {
             models.clone(),
             config.chat_policy(),
             Some(retriever),
+            cluster.clone(),
         )
         .await
         .context("starting the conversation supervisor")?;
@@ -143,14 +157,18 @@ impl AppContext {
         }
 
         let host = Arc::new(HostSampler::new(&config.data_dir));
+        let join_wait = Duration::from_millis(config.cluster.join_wait_ms);
         let ctx = Arc::new(AppContext {
-            node: NodeId::new(config.node_name()),
+            node: cluster.local().clone(),
+            cluster: cluster.clone(),
             rate_limits: RateLimits::new(&config.rate_limits),
             metrics: Metrics::new(),
             host: host.clone(),
             closing: tokio::sync::watch::Sender::new(false),
             started_at: Instant::now(),
             started_at_utc: chrono::Utc::now(),
+            http_address: Default::default(),
+            leave: tokio::sync::watch::Sender::new(false),
             config,
             store,
             identity,
@@ -158,6 +176,33 @@ impl AppContext {
             chat,
             knowledge,
         });
+        cluster.set_handler(Arc::new(NodeHandler {
+            conversations: ctx.chat.clone(),
+            shards: ctx.knowledge.shards().clone(),
+            commands: {
+                let ctx = Arc::downgrade(&ctx);
+                Arc::new(move |command| match ctx.upgrade() {
+                    Some(ctx) => {
+                        ctx.run_command(command);
+                        Ok(())
+                    }
+                    None => Err("the node is stopping".into()),
+                })
+            },
+        }));
+        cluster.set_reporter({
+            let ctx = Arc::downgrade(&ctx);
+            move || {
+                let ctx = ctx.upgrade();
+                async move {
+                    match ctx {
+                        Some(ctx) => ctx.report().await,
+                        None => NodeReport::default(),
+                    }
+                }
+            }
+        });
+        cluster.await_peers(join_wait).await;
         let tasks = vec![
             host.spawn(),
             every(SESSION_GC_INTERVAL, {
@@ -184,6 +229,46 @@ impl AppContext {
         Ok((ctx, Background { tasks }))
     }
 
+    /// What this node tells the cluster about itself.
+    async fn report(&self) -> NodeReport {
+        let models = self.models.list().await.unwrap_or_default();
+        NodeReport {
+            http_address: self.http_address.get().cloned().unwrap_or_default(),
+            conversations: self.chat.active_count(),
+            shards: self.knowledge.shards().active_count(),
+            models: models
+                .into_iter()
+                .filter(|model| model.loaded.is_some())
+                .map(|model| model.model.manifest.name)
+                .collect(),
+            cpu_percent: self.host.latest().cpu_percent as f32,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+
+    /// Runs an operator command on this node: draining stops placing conversations and shards
+    /// here (live ones move to their new owners as their next requests arrive, or at their next
+    /// tick); leaving drains, then stops the process once nothing is owned here any more.
+    pub fn run_command(self: &Arc<Self>, command: NodeCommand) {
+        match command {
+            NodeCommand::Drain => self.cluster.set_state(MemberState::Draining),
+            NodeCommand::Leave => {
+                self.cluster.set_state(MemberState::Leaving);
+                let ctx = self.clone();
+                tokio::spawn(async move {
+                    let deadline = Instant::now() + LEAVE_HANDOVER;
+                    while Instant::now() < deadline
+                        && ctx.chat.active_count() + ctx.knowledge.shards().active_count() > 0
+                    {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    tracing::info!("left the cluster; stopping");
+                    ctx.leave.send_replace(true);
+                });
+            }
+        }
+    }
+
     /// Stops the node's services and makes the store durable.
     pub async fn shutdown(&self, background: Background) {
         background.stop();
@@ -192,6 +277,7 @@ impl AppContext {
         self.knowledge.ingestion().shutdown().await;
         self.knowledge.shards().shutdown().await;
         self.identity.sessions().shutdown().await;
+        self.cluster.shutdown().await;
         match self.store.flush().await {
             Ok(()) => tracing::info!("store flushed"),
             Err(err) => tracing::error!(error = %err, "store flush failed"),

@@ -16,6 +16,8 @@ pub const DEFAULT_CONFIG: &str = include_str!("../config/sting.toml");
 const TOP_LEVEL_KEYS: &[&str] = &[
     "data_dir",
     "node",
+    "store",
+    "cluster",
     "server",
     "limits",
     "auth",
@@ -34,6 +36,8 @@ const DEFAULT_CONFIG_PATH: &str = "config/sting.toml";
 pub struct Config {
     pub data_dir: PathBuf,
     pub node: NodeConfig,
+    pub store: StoreConfig,
+    pub cluster: ClusterSection,
     pub server: ServerConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
@@ -49,6 +53,45 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub dir: String,
+}
+
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    pub enabled: bool,
+    pub host: IpAddr,
+    pub port: u16,
+    pub advertise: String,
+    pub cookie: String,
+    pub seeds: Vec<String>,
+    pub heartbeat_interval_ms: u64,
+    pub down_after_ms: u64,
+    pub join_wait_ms: u64,
+    pub tls_cert_path: String,
+    pub tls_key_path: String,
+    pub tls_ca_path: String,
+}
+
+impl std::fmt::Debug for ClusterSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSection")
+            .field("enabled", &self.enabled)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("advertise", &self.advertise)
+            .field("cookie", &"<redacted>")
+            .field("seeds", &self.seeds)
+            .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
+            .field("down_after_ms", &self.down_after_ms)
+            .field("join_wait_ms", &self.join_wait_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -328,6 +371,26 @@ impl Config {
                 "knowledge.chunk_overlap_tokens must be under half of chunk_max_tokens",
             );
         }
+        let cluster = &self.cluster;
+        if cluster.heartbeat_interval_ms == 0
+            || cluster.down_after_ms < 2 * cluster.heartbeat_interval_ms
+        {
+            return invalid(
+                "cluster.heartbeat_interval_ms must be positive and cluster.down_after_ms at least twice it",
+            );
+        }
+        let tls_files = [
+            &cluster.tls_cert_path,
+            &cluster.tls_key_path,
+            &cluster.tls_ca_path,
+        ];
+        if tls_files.iter().any(|f| f.is_empty()) && tls_files.iter().any(|f| !f.is_empty()) {
+            return invalid("cluster.tls_cert_path, tls_key_path and tls_ca_path go together");
+        }
+        if cluster.enabled {
+            sting_cluster::node::validate_cookie(&cluster.cookie)
+                .map_err(|err| ConfigError::Invalid(err.to_string()))?;
+        }
         if self.server.tls_cert_path.is_empty() != self.server.tls_key_path.is_empty() {
             return invalid("server.tls_cert_path and server.tls_key_path go together");
         }
@@ -383,9 +446,47 @@ impl Config {
         }
     }
 
+    /// Where the state every node of a cluster shares lives: the SQLite database, the master
+    /// key and the uploaded documents.
+    pub fn store_dir(&self) -> PathBuf {
+        match self.store.dir.as_str() {
+            "" => self.data_dir.clone(),
+            dir => PathBuf::from(dir),
+        }
+    }
+
     /// The SQLite database file.
     pub fn database_path(&self) -> PathBuf {
-        self.data_dir.join("sting.db")
+        self.store_dir().join("sting.db")
+    }
+
+    /// How this node joins its cluster (a cluster of one when `cluster.enabled` is false).
+    pub fn cluster_config(&self) -> sting_cluster::ClusterConfig {
+        let cluster = &self.cluster;
+        let network = cluster.enabled.then(|| {
+            let listen = std::net::SocketAddr::new(cluster.host, cluster.port);
+            let tls = (!cluster.tls_cert_path.is_empty()).then(|| sting_cluster::TlsFiles {
+                cert: cluster.tls_cert_path.clone().into(),
+                key: cluster.tls_key_path.clone().into(),
+                ca: cluster.tls_ca_path.clone().into(),
+            });
+            sting_cluster::NetworkConfig {
+                listen,
+                advertise: match cluster.advertise.as_str() {
+                    "" => listen.to_string(),
+                    advertise => advertise.to_owned(),
+                },
+                cookie: cluster.cookie.clone(),
+                seeds: cluster.seeds.clone(),
+                tls,
+            }
+        });
+        sting_cluster::ClusterConfig {
+            node: sting_cluster::NodeId::new(self.node_name()),
+            network,
+            heartbeat_interval: Duration::from_millis(cluster.heartbeat_interval_ms),
+            down_after: Duration::from_millis(cluster.down_after_ms),
+        }
     }
 }
 
@@ -394,7 +495,6 @@ impl Config {
     pub fn chat_policy(&self) -> sting_actors::conversation::ChatPolicy {
         let chat = &self.chat;
         sting_actors::conversation::ChatPolicy {
-            node: self.node_name(),
             system_prompt: chat.system_prompt.clone(),
             default_model: self.models.default_chat_model.clone(),
             budget_ratio: chat.context_budget_ratio,
@@ -429,7 +529,6 @@ impl Config {
     pub fn shard_config(&self) -> sting_actors::jar_shard::ShardConfig {
         let knowledge = &self.knowledge;
         sting_actors::jar_shard::ShardConfig {
-            node: self.node_name(),
             dir: self.data_dir.join("shards"),
             shards_per_jar: knowledge.shards_per_jar,
             lease_ttl: Duration::from_secs(knowledge.shard_lease_ttl_secs),
@@ -474,6 +573,35 @@ mod tests {
         assert!(config.server.tls);
         assert_eq!(config.rate_limits.auth.requests, 5);
         assert_eq!(config.rate_limits.general.window_secs, 3600);
+    }
+
+    #[test]
+    fn cluster_examples_load_and_a_clustered_node_needs_a_real_cookie() {
+        for node in ["a", "b", "c"] {
+            let path = PathBuf::from(format!(
+                "{}/config/cluster-node-{node}.toml",
+                env!("CARGO_MANIFEST_DIR")
+            ));
+            figment::Jail::expect_with(|jail| {
+                let refused =
+                    Config::load(Some(&path), &FlagOverrides::default()).expect_err("no cookie");
+                assert!(refused.to_string().contains("cluster.cookie"), "{refused}");
+                jail.set_env("STING_CLUSTER__COOKIE", "changeme");
+                assert!(Config::load(Some(&path), &FlagOverrides::default()).is_err());
+                jail.set_env("STING_CLUSTER__COOKIE", "a-long-enough-shared-secret");
+                let config = Config::load(Some(&path), &FlagOverrides::default())
+                    .map_err(|e| e.to_string())?;
+                let cluster = config.cluster_config();
+                assert_eq!(cluster.node.as_str(), node);
+                let network = cluster.network.expect("networked");
+                assert_eq!(network.seeds.is_empty(), node == "a");
+                assert_eq!(
+                    config.database_path(),
+                    PathBuf::from("./shared-store/sting.db")
+                );
+                Ok(())
+            });
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `sting`: the Sting node and its operator commands.
 
 mod app;
+mod cluster_cli;
 mod config;
 mod edge;
 mod identity;
@@ -44,6 +45,9 @@ enum Command {
     /// Model files: the ONNX Runtime library and the default models.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// See and steer a cluster of nodes through any node's admin API (docs/cluster.md).
+    #[command(subcommand)]
+    Cluster(cluster_cli::ClusterCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +126,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Admin(AdminCommand::CreateUser(args)) => create_user(args).await,
+            Command::Cluster(command) => cluster_cli::run(command).await,
             Command::Models(ModelsCommand::Prepare(args)) => {
                 let config = load_config(&args.config, ServerFlags::default())?;
                 init_logging(&config);
@@ -190,7 +195,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let result = server::serve(ctx.clone(), shutdown_signal()).await;
+    let mut leave = ctx.leave.subscribe();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            _ = leave.wait_for(|left| *left) => tracing::info!("leaving the cluster"),
+        }
+    };
+    let result = server::serve(ctx.clone(), stop).await;
     ctx.shutdown(background).await;
     tracing::info!("stopped");
     result

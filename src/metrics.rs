@@ -31,6 +31,11 @@ struct ModelLabels {
     model: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
 /// What a scrape reports about the node's current state.
 pub struct NodeSnapshot {
     pub active_sessions: u64,
@@ -38,6 +43,19 @@ pub struct NodeSnapshot {
     pub uptime: Duration,
     pub store_up: bool,
     pub models: Vec<ModelSample>,
+    pub cluster: ClusterSample,
+}
+
+/// The node's view of its cluster and its cluster traffic (totals since start).
+pub struct ClusterSample {
+    /// Members by state (`up`, `draining`, `leaving`, `down`), this node included.
+    pub members: Vec<(&'static str, u64)>,
+    pub active_shards: u64,
+    pub heartbeats_sent: u64,
+    pub nodes_declared_down: u64,
+    pub remote_calls: u64,
+    pub remote_call_failures: u64,
+    pub remote_casts: u64,
 }
 
 /// One model's counters (totals since the node started).
@@ -72,6 +90,13 @@ pub struct Metrics {
     model_loaded: Family<ModelLabels, Gauge>,
     model_inferences: Family<ModelLabels, Counter>,
     model_tokens: Family<ModelLabels, Counter>,
+    cluster_members: Family<StateLabels, Gauge>,
+    active_shards: Gauge,
+    heartbeats_sent: Counter,
+    nodes_declared_down: Counter,
+    remote_calls: Counter,
+    remote_call_failures: Counter,
+    remote_casts: Counter,
     total: AtomicU64,
     server_errors: AtomicU64,
     duration_micros: AtomicU64,
@@ -150,8 +175,54 @@ impl Metrics {
             "Tokens generated, by model",
             model_tokens.clone(),
         );
+        let cluster_members = Family::<StateLabels, Gauge>::default();
+        let active_shards = Gauge::default();
+        let [heartbeats_sent, nodes_declared_down, remote_calls, remote_call_failures, remote_casts] =
+            std::array::from_fn(|_| Counter::default());
+        registry.register(
+            "cluster_members",
+            "Cluster members as this node sees them, by state (up, draining, leaving, down)",
+            cluster_members.clone(),
+        );
+        registry.register(
+            "active_shard_actors",
+            "Honey-jar shards with a live actor (owned) on this node",
+            active_shards.clone(),
+        );
+        registry.register(
+            "cluster_heartbeats_sent",
+            "Heartbeats sent to other nodes",
+            heartbeats_sent.clone(),
+        );
+        registry.register(
+            "cluster_nodes_declared_down",
+            "Times this node declared another node down",
+            nodes_declared_down.clone(),
+        );
+        registry.register(
+            "cluster_remote_calls",
+            "Requests sent to other nodes that expect an answer",
+            remote_calls.clone(),
+        );
+        registry.register(
+            "cluster_remote_call_failures",
+            "Requests to other nodes that failed (unreachable, timed out, or refused)",
+            remote_call_failures.clone(),
+        );
+        registry.register(
+            "cluster_remote_casts",
+            "One-way messages sent to other nodes (turn events, hand-overs, index refreshes)",
+            remote_casts.clone(),
+        );
         Metrics {
             registry,
+            cluster_members,
+            active_shards,
+            heartbeats_sent,
+            nodes_declared_down,
+            remote_calls,
+            remote_call_failures,
+            remote_casts,
             requests,
             durations,
             active_sessions,
@@ -247,6 +318,21 @@ impl Metrics {
                 model.tokens_generated,
             );
         }
+        let cluster = &snapshot.cluster;
+        for (state, count) in &cluster.members {
+            let labels = StateLabels {
+                state: (*state).to_owned(),
+            };
+            self.cluster_members
+                .get_or_create(&labels)
+                .set(*count as i64);
+        }
+        self.active_shards.set(cluster.active_shards as i64);
+        catch_up(&self.heartbeats_sent, cluster.heartbeats_sent);
+        catch_up(&self.nodes_declared_down, cluster.nodes_declared_down);
+        catch_up(&self.remote_calls, cluster.remote_calls);
+        catch_up(&self.remote_call_failures, cluster.remote_call_failures);
+        catch_up(&self.remote_casts, cluster.remote_casts);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
@@ -366,6 +452,15 @@ mod tests {
                 inferences: 4,
                 tokens_generated: 40,
             }],
+            cluster: ClusterSample {
+                members: vec![("up", 2), ("down", 1)],
+                active_shards: 1,
+                heartbeats_sent: 7,
+                nodes_declared_down: 1,
+                remote_calls: 5,
+                remote_call_failures: 1,
+                remote_casts: 9,
+            },
         });
         assert!(
             text.contains("sting_model_inferences_total{model=\"m\"} 4"),
@@ -376,5 +471,10 @@ mod tests {
             "sting_http_requests_total{method=\"GET\",category=\"general\",status=\"503\"} 1"
         ));
         assert!(text.contains("sting_active_session_actors 3"));
+        assert!(
+            text.contains("sting_cluster_members{state=\"down\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("sting_cluster_remote_calls_total 5"));
     }
 }

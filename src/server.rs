@@ -34,7 +34,7 @@ pub async fn serve(ctx: Arc<AppContext>, shutdown: impl Future<Output = ()>) -> 
         true => Some(crate::tls::acceptor(&ctx.config)?),
         false => None,
     };
-    announce(local, tls.is_some());
+    let _ = ctx.http_address.set(announce(local, tls.is_some()));
 
     let routes = edge::routes(ctx.clone());
     let graceful = GracefulShutdown::new();
@@ -85,18 +85,18 @@ pub async fn serve(ctx: Arc<AppContext>, shutdown: impl Future<Output = ()>) -> 
 }
 
 /// Prints where to reach the node on stdout (logs go to stderr), for people and scripts.
-fn announce(local: SocketAddr, tls: bool) {
+/// Prints where the API listens; returns its base URL.
+fn announce(local: SocketAddr, tls: bool) -> String {
     let scheme = if tls { "https" } else { "http" };
     let host = if local.ip().is_loopback() || local.ip().is_unspecified() {
         "localhost".to_owned()
     } else {
         local.ip().to_string()
     };
-    println!(
-        "Sting is listening on {scheme}://{host}:{}/api",
-        local.port()
-    );
+    let url = format!("{scheme}://{host}:{}", local.port());
+    println!("Sting is listening on {url}/api");
     tracing::info!(address = %local, tls, "listening");
+    url
 }
 
 struct Connection {

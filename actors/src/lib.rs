@@ -13,10 +13,16 @@
 //!
 //! One generic supervisor (`supervision::ChildSupervisor`) serves every kind whose children are
 //! named, activated on demand and passivate themselves.
+//!
+//! Conversations and shards are placed on the cluster's members (`sting_cluster`): the owner
+//! activates the actor after claiming its lease (`ownership`), and other nodes reach it with the
+//! requests of [`remote`].
 
 pub mod conversation;
 pub mod ingestion;
 pub mod jar_shard;
 pub mod model;
+mod ownership;
+pub mod remote;
 pub mod session;
 mod supervision;

@@ -19,7 +19,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sha2::{Digest, Sha256};
 use sting_store::{Role, Session, Store, StoreError, Timestamp, User, UserId};
 
-use crate::supervision::{Activate, ChildSupervisor};
+use crate::supervision::{ChildSupervisor, SupervisorMsg};
 use uuid::Uuid;
 
 /// How long an edge request waits for a session actor before failing.
@@ -106,7 +106,7 @@ fn actor_name(token_hash: &str) -> String {
 /// The node's entry point to sessions: a cheap, cloneable handle to the supervisor.
 #[derive(Clone)]
 pub struct SessionRegistry {
-    supervisor: ActorRef<Activate<SessionActor>>,
+    supervisor: ActorRef<SupervisorMsg<SessionActor>>,
     store: Arc<dyn Store>,
     policy: Arc<SessionPolicy>,
     active: Arc<AtomicU64>,
@@ -266,6 +266,9 @@ pub enum SessionMsg {
     /// Periodic check for passivation.
     IdleTick,
 }
+
+// Local only: never sent to another node.
+impl ractor::Message for SessionMsg {}
 
 impl Actor for SessionActor {
     type Msg = SessionMsg;

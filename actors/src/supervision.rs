@@ -3,7 +3,7 @@
 //! child under its unique name on first need (or hands out the live one), links it to itself and
 //! counts the live ones into a gauge. Children renew their leases with [`renew_if_due`].
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,19 +23,26 @@ pub(crate) struct ChildSupervisor<A> {
     child: PhantomData<fn() -> A>,
 }
 
-/// Asks a [`ChildSupervisor`] for the live child named `name`, spawning it with `args` if none.
-pub(crate) struct Activate<A: Actor> {
-    name: String,
-    args: A::Arguments,
-    reply: RpcReplyPort<Result<ActorRef<A::Msg>, SpawnErr>>,
+/// What a [`ChildSupervisor`] is asked.
+pub(crate) enum SupervisorMsg<A: Actor> {
+    /// The live child named `name`, spawned with `args` if none.
+    Activate {
+        name: String,
+        args: A::Arguments,
+        reply: RpcReplyPort<Result<ActorRef<A::Msg>, SpawnErr>>,
+    },
+    /// Sends the message `make` builds to every live child (e.g. "check your ownership").
+    Broadcast(fn() -> A::Msg),
 }
+
+impl<A: Actor> ractor::Message for SupervisorMsg<A> {}
 
 impl<A: Actor + Default> ChildSupervisor<A> {
     /// Starts the supervisor; `live` is the gauge of its live children.
     pub(crate) async fn start(
         kind: &'static str,
         live: Arc<AtomicU64>,
-    ) -> Result<(ActorRef<Activate<A>>, tokio::task::JoinHandle<()>), SpawnErr> {
+    ) -> Result<(ActorRef<SupervisorMsg<A>>, tokio::task::JoinHandle<()>), SpawnErr> {
         let supervisor = ChildSupervisor {
             kind,
             child: PhantomData,
@@ -43,9 +50,14 @@ impl<A: Actor + Default> ChildSupervisor<A> {
         Actor::spawn(None, supervisor, live).await
     }
 
+    /// Sends the message `make` builds to every live child.
+    pub(crate) fn broadcast(supervisor: &ActorRef<SupervisorMsg<A>>, make: fn() -> A::Msg) {
+        let _ = supervisor.cast(SupervisorMsg::Broadcast(make));
+    }
+
     /// The live child named `name`, or a new one started with `args`; failures as text.
     pub(crate) async fn activate(
-        supervisor: &ActorRef<Activate<A>>,
+        supervisor: &ActorRef<SupervisorMsg<A>>,
         name: String,
         args: A::Arguments,
         timeout: Duration,
@@ -54,7 +66,10 @@ impl<A: Actor + Default> ChildSupervisor<A> {
             return Ok(live);
         }
         supervisor
-            .call(|reply| Activate { name, args, reply }, Some(timeout))
+            .call(
+                |reply| SupervisorMsg::Activate { name, args, reply },
+                Some(timeout),
+            )
             .await
             .map_err(|err| err.to_string())?
             .success_or("supervisor timed out".to_string())?
@@ -63,7 +78,7 @@ impl<A: Actor + Default> ChildSupervisor<A> {
 }
 
 impl<A: Actor + Default> Actor for ChildSupervisor<A> {
-    type Msg = Activate<A>;
+    type Msg = SupervisorMsg<A>;
     type State = Children;
     type Arguments = Arc<AtomicU64>;
 
@@ -78,13 +93,22 @@ impl<A: Actor + Default> Actor for ChildSupervisor<A> {
     async fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
-        Activate { name, args, reply }: Activate<A>,
+        message: SupervisorMsg<A>,
         children: &mut Children,
     ) -> Result<(), ActorProcessingErr> {
-        let child = children
-            .activate(name, A::default(), args, myself.get_cell())
-            .await;
-        let _ = reply.send(child);
+        match message {
+            SupervisorMsg::Activate { name, args, reply } => {
+                let child = children
+                    .activate(name, A::default(), args, myself.get_cell())
+                    .await;
+                let _ = reply.send(child);
+            }
+            SupervisorMsg::Broadcast(make) => {
+                for child in children.cells.values() {
+                    let _ = ActorRef::<A::Msg>::from(child.clone()).cast(make());
+                }
+            }
+        }
         Ok(())
     }
 
@@ -101,14 +125,14 @@ impl<A: Actor + Default> Actor for ChildSupervisor<A> {
 
 /// The live children of one supervisor; `live` is read by health checks and metrics.
 pub(crate) struct Children {
-    ids: HashSet<ActorId>,
+    cells: HashMap<ActorId, ActorCell>,
     live: Arc<AtomicU64>,
 }
 
 impl Children {
     fn new(live: Arc<AtomicU64>) -> Children {
         Children {
-            ids: HashSet::new(),
+            cells: HashMap::new(),
             live,
         }
     }
@@ -126,7 +150,7 @@ impl Children {
             return Ok(existing);
         }
         let (child, _) = Actor::spawn_linked(Some(name), actor, args, supervisor).await?;
-        self.ids.insert(child.get_id());
+        self.cells.insert(child.get_id(), child.get_cell());
         self.publish();
         Ok(child)
     }
@@ -142,13 +166,13 @@ impl Children {
             }
             _ => return,
         };
-        if self.ids.remove(&gone) {
+        if self.cells.remove(&gone).is_some() {
             self.publish();
         }
     }
 
     fn publish(&self) {
-        self.live.store(self.ids.len() as u64, Ordering::Relaxed);
+        self.live.store(self.cells.len() as u64, Ordering::Relaxed);
     }
 }
 

@@ -19,6 +19,7 @@ use common::ort_library;
 
 struct Node {
     store: Arc<dyn Store>,
+    pool: ModelPoolHandle,
     chat: ConversationRegistry,
     _dir: tempfile::TempDir,
 }
@@ -42,7 +43,6 @@ async fn node(library: PathBuf, idle_timeout: Duration) -> Node {
     .await
     .unwrap();
     let policy = ChatPolicy {
-        node: "node-a".into(),
         system_prompt: "You are Bee.".into(),
         default_model: "fixture-chat".into(),
         budget_ratio: 0.8,
@@ -54,11 +54,15 @@ async fn node(library: PathBuf, idle_timeout: Duration) -> Node {
         lease_ttl: Duration::from_secs(30),
         idle_timeout,
     };
-    let chat = ConversationRegistry::start(store.clone(), pool, policy, None)
+    let cluster = sting_cluster::Cluster::single(sting_cluster::NodeId::new("node-a"))
+        .await
+        .unwrap();
+    let chat = ConversationRegistry::start(store.clone(), pool.clone(), policy, None, cluster)
         .await
         .unwrap();
     Node {
         store,
+        pool,
         chat,
         _dir: dir,
     }
@@ -66,6 +70,7 @@ async fn node(library: PathBuf, idle_timeout: Duration) -> Node {
 
 fn turn(user: Uuid, conversation: Option<Uuid>, text: &str) -> TurnRequest {
     TurnRequest {
+        request_id: Uuid::new_v4(),
         user_id: user,
         conversation_id: conversation,
         message: text.into(),
@@ -83,6 +88,7 @@ async fn run(chat: &ConversationRegistry, request: TurnRequest) -> Result<TurnOu
             TurnEvent::Done(outcome) => return Ok(*outcome),
             TurnEvent::Failed(err) => return Err(err),
             TurnEvent::Accepted { .. } | TurnEvent::Chunk(_) => {}
+            TurnEvent::Restarted => panic!("a cluster of one never restarts a turn"),
         }
     }
     panic!("the turn ended without an outcome");
@@ -170,4 +176,82 @@ async fn an_actor_that_lost_its_lease_writes_nothing() {
     let held = run(&node.chat, turn(user, Some(id), "And now?")).await;
     assert!(matches!(held, Err(ChatError::Unavailable(_))), "{held:?}");
     assert_eq!(node.store.lease(&key).await.unwrap(), Some(theirs));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_is_stored_once_and_answered_from_the_store() {
+    let Some(library) = ort_library("a_retried_request_is_stored_once_and_answered_from_the_store")
+    else {
+        return;
+    };
+    let node = node(library, Duration::from_secs(60)).await;
+    let user = Uuid::new_v4();
+    let first = run(&node.chat, turn(user, None, "Hello")).await.unwrap();
+    let id = first.conversation_id;
+
+    let request = turn(user, Some(id), "Once only");
+    let answered = run(&node.chat, request.clone()).await.unwrap();
+    // The retry (e.g. after a timeout the client could not tell from a failure) finds the
+    // message and its answer stored: nothing new is written, the stored answer comes back.
+    let retried = run(&node.chat, request.clone()).await.unwrap();
+    assert_eq!(retried.message_id, answered.message_id);
+    assert_eq!(retried.content, answered.content);
+    let (record, messages) = node.chat.history(user, id, 1, 100).await.unwrap();
+    assert_eq!(record.message_count, 4);
+    assert_eq!(
+        messages[2].id, request.request_id,
+        "the request id names the message"
+    );
+
+    // A retry whose first attempt stored the message but died before answering gets an answer
+    // without a second copy of the message: as a new owner would after a crash.
+    let unanswered = turn(user, Some(id), "Stored, then the node died");
+    let lease = node
+        .store
+        .lease(&conversation_lease_key(id))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut record = record;
+    let message = sting_store::Message {
+        conversation_id: id,
+        seq: 5,
+        id: unanswered.request_id,
+        role: sting_store::MessageRole::User,
+        content: unanswered.message.clone(),
+        model: None,
+        status: sting_store::MessageStatus::Complete,
+        created_at: Timestamp::now(),
+    };
+    record.message_count = 5;
+    node.chat.shutdown().await;
+    let lease = node
+        .store
+        .acquire_lease(&lease.key, "node-a", 30_000, Timestamp::now())
+        .await
+        .unwrap();
+    node.store
+        .save_conversation(&lease, &record, &[message], false)
+        .await
+        .unwrap();
+    node.store.release_lease(&lease).await.unwrap();
+    let restarted = ConversationRegistry::start(
+        node.store.clone(),
+        node.pool.clone(),
+        node.chat.policy().clone(),
+        None,
+        sting_cluster::Cluster::single(sting_cluster::NodeId::new("node-a"))
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    run(&restarted, unanswered).await.unwrap();
+    let (record, messages) = restarted.history(user, id, 1, 100).await.unwrap();
+    assert_eq!(record.message_count, 6);
+    let users = messages
+        .iter()
+        .filter(|m| m.role == sting_store::MessageRole::User)
+        .count();
+    assert_eq!(users, 3, "the unanswered message was not stored again");
 }

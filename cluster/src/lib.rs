@@ -1,15 +1,27 @@
-//! `sting-cluster`: what a Sting node knows about the cluster it belongs to.
+//! `sting-cluster`: how a Sting node takes part in a cluster.
 //!
-//! Today a node runs as a cluster of one: this crate names the node ([`NodeId`]) and decides
-//! placement ([`placement`]), a pure function from live members and a key to the owning node.
-//! The ractor_cluster transport, membership and routing build on these.
+//! - [`NodeId`] names a node; [`placement`] decides which live member owns a key (rendezvous
+//!   hashing, a pure function every node computes alike).
+//! - [`node::Cluster`] runs the node's ractor_cluster `NodeServer`, its heartbeats and failure
+//!   detection ([`membership`]), and sends requests to other nodes ([`transport`]). A node
+//!   without cluster networking is a cluster of one with the same handle.
 
+pub mod membership;
+pub mod node;
 pub mod placement;
+mod tls;
+pub mod transport;
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
+pub use membership::{Member, MemberState, NodeReport};
+pub use node::{Cluster, ClusterConfig, NetworkConfig, TlsFiles, View};
+pub use transport::Handler;
+
 /// The stable name of a node: the owner recorded in leases and shown in status pages.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct NodeId(String);
 
 impl NodeId {
@@ -28,4 +40,23 @@ impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// Failures of cluster operations.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster configuration: {0}")]
+    Config(String),
+    #[error("cluster node could not start: {0}")]
+    Start(String),
+    /// No connection to the node (down, not yet joined, or left).
+    #[error("node {0} is unreachable")]
+    Unreachable(NodeId),
+    #[error("node {0} did not answer in time")]
+    Timeout(NodeId),
+    /// The other node failed to handle the request.
+    #[error("remote node: {0}")]
+    Remote(String),
+    #[error("undecodable cluster message: {0}")]
+    Decode(String),
 }

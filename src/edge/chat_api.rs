@@ -94,7 +94,9 @@ pub struct MessageRequest {
     #[serde(default)]
     pub context: MessageContext,
     /// Client-chosen id of this turn, echoed in every WebSocket frame of the turn (at most
-    /// 64 characters; the server picks one when omitted).
+    /// 64 characters; the server picks one when omitted). It also makes the turn idempotent:
+    /// the same request id with the same message in the same conversation is stored once,
+    /// and once answered, a retry gets the stored answer.
     pub request_id: Option<String>,
 }
 
@@ -131,7 +133,12 @@ impl MessageRequest {
                 "must be positive",
             ));
         }
+        let request_id = match &self.request_id {
+            Some(id) => idempotency_key(who.user_id, id, self.conversation_id, &self.message),
+            None => Uuid::new_v4(),
+        };
         Ok(TurnRequest {
+            request_id,
             user_id: who.user_id,
             conversation_id: self.conversation_id,
             message: self.message,
@@ -141,6 +148,28 @@ impl MessageRequest {
             honey_jar_ids: context.honey_jar_ids,
         })
     }
+}
+
+/// The id a turn's user message gets from a client's request id: the same for a retry (same
+/// caller, request id, conversation and text), different when a client reuses a request id for
+/// another message.
+fn idempotency_key(
+    user: Uuid,
+    request_id: &str,
+    conversation: Option<Uuid>,
+    message: &str,
+) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(user.as_bytes());
+    hash.update(conversation.unwrap_or_default().as_bytes());
+    hash.update((request_id.len() as u64).to_le_bytes());
+    hash.update(request_id.as_bytes());
+    hash.update(message.trim().as_bytes());
+    let digest = hash.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
 /// Bee's answer.
@@ -229,7 +258,7 @@ pub async fn finish_turn(mut turn: TurnStream) -> Result<(TurnOutcome, Uuid), Ch
                 user_message_id: id,
                 ..
             } => user_message_id = id,
-            TurnEvent::Chunk(_) => {}
+            TurnEvent::Chunk(_) | TurnEvent::Restarted => {}
             TurnEvent::Done(outcome) => return Ok((*outcome, user_message_id)),
             TurnEvent::Failed(err) => return Err(err),
         }

@@ -4,6 +4,7 @@
 pub mod admin_api;
 pub mod auth_api;
 pub mod chat_api;
+pub mod cluster_api;
 pub mod error;
 pub mod json;
 pub mod knowledge_api;
@@ -42,6 +43,8 @@ pub struct RequestContext {
 pub fn routes(ctx: Arc<AppContext>) -> BoxedFilter<(Response,)> {
     auth_api::routes(ctx.clone())
         .or(system_api::routes(ctx.clone()))
+        .unify()
+        .or(cluster_api::routes(ctx.clone()))
         .unify()
         .or(admin_api::routes(ctx.clone()))
         .unify()

@@ -8,7 +8,8 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use super::{
-    admin_api, auth_api, chat_api, error, knowledge_api, models_api, openai_api, system_api,
+    admin_api, auth_api, chat_api, cluster_api, error, knowledge_api, models_api, openai_api,
+    system_api,
 };
 
 #[derive(OpenApi)]
@@ -22,6 +23,7 @@ use super::{
     paths(
         auth_api::register, auth_api::login, auth_api::logout, auth_api::session,
         system_api::health, system_api::status, system_api::metrics, system_api::prometheus,
+        cluster_api::cluster_status, cluster_api::drain_node, cluster_api::leave_cluster,
         admin_api::list_users, admin_api::get_user, admin_api::update_user,
         admin_api::deactivate_user, admin_api::activate_user,
         models_api::list_models, models_api::model_status, models_api::load_model,

@@ -14,7 +14,7 @@ use warp::{Filter, Rejection, Reply};
 use super::error::ErrorEnvelope;
 use super::{admin, reject, with_ctx};
 use crate::app::AppContext;
-use crate::metrics::{ModelSample, NodeSnapshot};
+use crate::metrics::{ClusterSample, ModelSample, NodeSnapshot};
 
 /// A health check slower than this counts as a failure.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -256,6 +256,29 @@ fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// The cluster part of a Prometheus scrape.
+fn cluster_sample(ctx: &AppContext) -> ClusterSample {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut members = BTreeMap::from([("up", 0), ("draining", 0), ("leaving", 0), ("down", 0)]);
+    for member in ctx.cluster.members() {
+        let state = match member.live {
+            true => member.heartbeat.state.as_str(),
+            false => "down",
+        };
+        *members.entry(state).or_default() += 1;
+    }
+    let stats = ctx.cluster.stats();
+    ClusterSample {
+        members: members.into_iter().collect(),
+        active_shards: ctx.knowledge.shards().active_count(),
+        heartbeats_sent: stats.heartbeats_sent.load(Relaxed),
+        nodes_declared_down: stats.nodes_declared_down.load(Relaxed),
+        remote_calls: stats.remote_calls.load(Relaxed),
+        remote_call_failures: stats.remote_call_failures.load(Relaxed),
+        remote_casts: stats.remote_casts.load(Relaxed),
+    }
+}
+
 /// Liveness and readiness of this node. 503 when unhealthy, so load balancers can act on it.
 #[utoipa::path(get, path = "/api/system/health", tag = "system",
     responses(
@@ -385,6 +408,7 @@ pub async fn prometheus(ctx: Arc<AppContext>) -> Response {
         uptime: ctx.started_at.elapsed(),
         store_up,
         models,
+        cluster: cluster_sample(&ctx),
     });
     warp::reply::with_header(
         text,

@@ -6,8 +6,9 @@
 //! "model_status"} · `ping`.
 //!
 //! server → client: `authenticated` · `message_received` (the user's message is stored) ·
-//! `response_chunk` {chunk} · `response_complete` (the answer is stored; same fields as the
-//! REST answer) · `model_loaded` / `model_unloaded` · `subscribed` / `unsubscribed` · `pong` ·
+//! `response_chunk` {chunk} · `response_restart` (the conversation's node went down mid-answer;
+//! discard the chunks so far, the answer starts again) · `response_complete` (the answer is
+//! stored; same fields as the REST answer) · `model_loaded` / `model_unloaded` · `subscribed` / `unsubscribed` · `pong` ·
 //! `error` {error: envelope}. A bad frame gets an `error` frame; the socket stays open.
 //!
 //! The socket authenticates with the upgrade request's cookie or bearer header, or with a first
@@ -343,10 +344,10 @@ impl Socket {
         Ok(self.ctx.identity.sessions().authenticate(token).await?)
     }
 
-    async fn start_turn(&mut self, mut data: MessageRequest) -> bool {
+    async fn start_turn(&mut self, data: MessageRequest) -> bool {
         let request_id = data
             .request_id
-            .take()
+            .clone()
             .unwrap_or_else(|| format!("turn_{}", uuid::Uuid::new_v4().simple()));
         let rid = Some(request_id.as_str());
         if request_id.chars().count() > MAX_REQUEST_ID_CHARS {
@@ -474,6 +475,10 @@ async fn stream_turn(
             TurnEvent::Chunk(chunk) => {
                 let value =
                     json!({"type": "response_chunk", "request_id": request_id, "chunk": chunk});
+                let _ = out.send(frame(value)).await;
+            }
+            TurnEvent::Restarted => {
+                let value = json!({"type": "response_restart", "request_id": request_id});
                 let _ = out.send(frame(value)).await;
             }
             TurnEvent::Done(outcome) => {

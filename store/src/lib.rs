@@ -119,6 +119,18 @@ pub trait Store: Send + Sync + 'static {
     /// The current state of a lease, if it was ever taken.
     async fn lease(&self, key: &str) -> StoreResult<Option<Lease>>;
 
+    /// Takes `observed` over for `owner` before it expires, with the next epoch: for when the
+    /// cluster declared its holder down. A compare-and-set on owner and epoch (an LWT on
+    /// ScyllaDB): when the lease changed since it was observed, [`StoreError::StaleLease`] and
+    /// nothing is written. The old holder's writes are refused from then on.
+    async fn take_over_lease(
+        &self,
+        observed: &Lease,
+        owner: &str,
+        ttl_ms: i64,
+        now: Timestamp,
+    ) -> StoreResult<Lease>;
+
     // ---- conversations: written by their owner only, fenced by its lease ----
 
     /// Writes a conversation's record together with its new messages, in one atomic step,

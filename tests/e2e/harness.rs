@@ -273,6 +273,21 @@ impl TestServer {
         let _ = child.wait();
     }
 
+    /// Sends a signal (`STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("server running")
+            .id()
+            .to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// The server's log so far (for assertions about what is and is not logged).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("sting.log")).unwrap_or_default()

@@ -15,7 +15,7 @@ fn knowledge_server() -> ServerOptions {
     ServerOptions::new().env("STING_RATE_LIMITS__UPLOAD__REQUESTS", "1000")
 }
 
-async fn create_jar(server: &TestServer, token: &str, body: Value) -> String {
+pub async fn create_jar(server: &TestServer, token: &str, body: Value) -> String {
     let reply = server
         .post("/api/knowledge/honey-pots", Some(token), body)
         .await;
@@ -24,7 +24,7 @@ async fn create_jar(server: &TestServer, token: &str, body: Value) -> String {
 }
 
 /// Uploads a file; returns the response status and body.
-async fn upload(
+pub async fn upload(
     server: &TestServer,
     token: &str,
     jar: &str,
@@ -50,7 +50,7 @@ async fn upload(
 }
 
 /// Polls a document until it leaves `processing`.
-async fn settled(server: &TestServer, token: &str, id: &str) -> Value {
+pub async fn settled(server: &TestServer, token: &str, id: &str) -> Value {
     let deadline = tokio::time::Instant::now() + PROCESSING_TIMEOUT;
     loop {
         let reply = server
@@ -69,7 +69,7 @@ async fn settled(server: &TestServer, token: &str, id: &str) -> Value {
     }
 }
 
-fn english(topic: &str) -> String {
+pub fn english(topic: &str) -> String {
     format!(
         "This page explains {topic}. The honey bee colony works together through the seasons, \
          and every worker has a task that changes as she grows older. Foragers collect nectar \

@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod chat;
+mod cluster;
 mod edge;
 mod harness;
 mod knowledge;

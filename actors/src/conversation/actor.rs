@@ -63,6 +63,9 @@ pub enum ConversationMsg {
     Tick,
 }
 
+// Local only: never sent to another node.
+impl ractor::Message for ConversationMsg {}
+
 impl Actor for ConversationActor {
     type Msg = ConversationMsg;
     type State = ConversationState;
@@ -78,7 +81,7 @@ impl Actor for ConversationActor {
             .store
             .acquire_lease(
                 &conversation_lease_key(id),
-                &policy.node,
+                shared.cluster.local().as_str(),
                 millis(policy.lease_ttl),
                 Timestamp::now(),
             )
@@ -131,6 +134,9 @@ impl Actor for ConversationActor {
                 let result = run_turn(state, *turn).await;
                 let lost = matches!(&result, Err(err) if ends_tenure(err));
                 if let Err(err) = result {
+                    if lost {
+                        tracing::warn!(conversation = %state.id, error = %err, "turn refused: this node no longer holds the conversation");
+                    }
                     let _ = events.send(TurnEvent::Failed(err));
                 }
                 lost
@@ -170,10 +176,15 @@ fn ends_tenure(err: &ChatError) -> bool {
     ) || matches!(err, ChatError::NotFound)
 }
 
-/// Renews the lease when a third of it is left; returns whether the actor should stop.
+/// Renews the lease when a third of it is left; returns whether the actor should stop (idle,
+/// lease lost, or placement moved the conversation to another node).
 async fn tick(state: &mut ConversationState) -> bool {
     let policy = &state.shared.policy;
     if state.last_request.elapsed() >= policy.idle_timeout {
+        return true;
+    }
+    if !crate::ownership::is_owner(&state.shared.cluster, &state.lease.key) {
+        tracing::debug!(conversation = %state.id, "conversation moves to its new owner");
         return true;
     }
     match renew_if_due(state).await {
@@ -256,11 +267,12 @@ async fn run_turn(state: &mut ConversationState, turn: Turn) -> Result<(), ChatE
         events,
         mut cancelled,
     } = turn;
-    match &state.conversation {
-        Some(c) if c.user_id == request.user_id => {}
-        None if create => {}
+    // A retried creation finds the record its first attempt stored: then it is an update.
+    let create = match &state.conversation {
+        Some(c) if c.user_id == request.user_id => false,
+        None if create => true,
         _ => return Err(ChatError::NotFound),
-    }
+    };
     let shared = state.shared.clone();
     let policy = &shared.policy;
     let model_name = request
@@ -314,23 +326,33 @@ async fn run_turn(state: &mut ConversationState, turn: Turn) -> Result<(), ChatE
         });
     }
 
-    // 1. The user's message is stored before anything else happens.
-    let now = Timestamp::now();
-    let user_message = Message {
-        conversation_id: state.id,
-        seq: state.next_seq(),
-        id: Uuid::new_v4(),
-        role: MessageRole::User,
-        content: text.clone(),
-        model: None,
-        status: MessageStatus::Complete,
-        created_at: now,
-    };
-    let record = state.next_record(&user_message, request.user_id, &model.name, now);
-    save(state, record, vec![user_message.clone()], create).await?;
+    // 1. The user's message is stored before anything else happens, once per request id: a
+    //    retried request finds it stored (and, when answered, gets the stored answer).
+    match state.retried(request.request_id) {
+        Some(Retried::Answered(answer)) => {
+            replay(state.id, request.request_id, &answer, &events, started);
+            return Ok(());
+        }
+        Some(Retried::Unanswered) => {}
+        None => {
+            let now = Timestamp::now();
+            let user_message = Message {
+                conversation_id: state.id,
+                seq: state.next_seq(),
+                id: request.request_id,
+                role: MessageRole::User,
+                content: text.clone(),
+                model: None,
+                status: MessageStatus::Complete,
+                created_at: now,
+            };
+            let record = state.next_record(&user_message, request.user_id, &model.name, now);
+            save(state, record, vec![user_message], create).await?;
+        }
+    }
     let _ = events.send(TurnEvent::Accepted {
         conversation_id: state.id,
-        user_message_id: user_message.id,
+        user_message_id: request.request_id,
         model: model.name.clone(),
     });
 
@@ -434,7 +456,59 @@ async fn run_turn(state: &mut ConversationState, turn: Turn) -> Result<(), ChatE
     Ok(())
 }
 
+/// What a retried request finds.
+enum Retried {
+    /// Its message and the answer after it are stored.
+    Answered(Message),
+    /// Its message is stored, without an answer (the previous owner died generating it).
+    Unanswered,
+}
+
+/// Reports a stored answer as the outcome of a retried turn.
+fn replay(
+    conversation_id: ConversationId,
+    request_id: Uuid,
+    answer: &Message,
+    events: &mpsc::UnboundedSender<TurnEvent>,
+    started: Instant,
+) {
+    let model = answer.model.clone().unwrap_or_default();
+    let _ = events.send(TurnEvent::Accepted {
+        conversation_id,
+        user_message_id: request_id,
+        model: model.clone(),
+    });
+    let _ = events.send(TurnEvent::Chunk(answer.content.clone()));
+    let _ = events.send(TurnEvent::Done(Box::new(TurnOutcome {
+        conversation_id,
+        message_id: answer.id,
+        model,
+        content: answer.content.clone(),
+        status: answer.status,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        response_time: started.elapsed(),
+        time_to_first_token: Duration::ZERO,
+        model_load_time: None,
+        pruning: None,
+    })));
+}
+
 impl ConversationState {
+    /// Whether the request `request_id` already stored its message as the latest turn.
+    fn retried(&self, request_id: Uuid) -> Option<Retried> {
+        let position = self
+            .active
+            .iter()
+            .rposition(|m| m.id == request_id && m.role == MessageRole::User)?;
+        match self.active.get(position + 1) {
+            Some(answer) if answer.role == MessageRole::Assistant => {
+                Some(Retried::Answered(answer.clone()))
+            }
+            _ => Some(Retried::Unanswered),
+        }
+    }
+
     fn next_seq(&self) -> u64 {
         self.conversation.as_ref().map_or(0, |c| c.message_count) + 1
     }

@@ -19,6 +19,7 @@
 mod actor;
 mod prompt;
 mod pruning;
+pub(crate) mod remote;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,9 +28,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::ActorRef;
+use serde::{Deserialize, Serialize};
+use sting_cluster::Cluster;
 use sting_store::{
-    Conversation, ConversationId, ConversationSort, Message, MessageStatus, Page, PruningRecord,
-    SortOrder, Store, StoreError, UserId,
+    conversation_lease_key, Conversation, ConversationId, ConversationSort, Message, MessageStatus,
+    Page, PruningRecord, SortOrder, Store, StoreError, UserId,
 };
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -37,8 +40,11 @@ use uuid::Uuid;
 use crate::model::pool::ModelPoolHandle;
 use crate::model::tokens::TokenCounters;
 use crate::model::ModelError;
-use crate::supervision::{Activate, ChildSupervisor};
+use crate::ownership::{self, Owned};
+use crate::remote::Request;
+use crate::supervision::{ChildSupervisor, SupervisorMsg};
 use actor::{ConversationActor, ConversationMsg};
+use remote::WireError;
 
 pub use prompt::{fit_passages, system_text, Passage, TokenUsage};
 
@@ -54,8 +60,6 @@ const MAX_ACTIVE_MESSAGES: u32 = 10_000;
 /// The rules of conversations on this node.
 #[derive(Debug, Clone)]
 pub struct ChatPolicy {
-    /// This node's name: the owner recorded in conversation leases.
-    pub node: String,
     /// Bee's system prompt, first in every prompt.
     pub system_prompt: String,
     /// The model used when a turn names none and the conversation has none yet.
@@ -120,8 +124,11 @@ pub enum ChatError {
 }
 
 /// One user message to answer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TurnRequest {
+    /// Identifies the request across retries: it becomes the user message's id, so a retried
+    /// turn (by the client, or by the edge after the owner went down) stores the message once.
+    pub request_id: Uuid,
     /// The caller (from the session, never from the client).
     pub user_id: UserId,
     /// `None` starts a new conversation.
@@ -136,7 +143,7 @@ pub struct TurnRequest {
 
 /// What a turn reports, in order: `Accepted` once the user's message is stored, `Chunk`s of the
 /// answer, then `Done` once the answer is stored (or `Failed`).
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub enum TurnEvent {
     Accepted {
         conversation_id: ConversationId,
@@ -144,12 +151,15 @@ pub enum TurnEvent {
         model: String,
     },
     Chunk(String),
+    /// The conversation's owner went down mid-answer: the chunks so far are void and the
+    /// answer starts again (on the new owner; the user's message is not stored twice).
+    Restarted,
     Done(Box<TurnOutcome>),
-    Failed(ChatError),
+    Failed(#[serde(with = "remote::chat_error_serde")] ChatError),
 }
 
 /// A finished (or cancelled) turn, as stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TurnOutcome {
     pub conversation_id: ConversationId,
     pub message_id: Uuid,
@@ -193,7 +203,7 @@ impl TurnStream {
 }
 
 /// A conversation's token accounting.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UsageReport {
     pub usage: TokenUsage,
     pub context_limit: u64,
@@ -203,7 +213,7 @@ pub struct UsageReport {
 }
 
 /// What a manual prune did.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PruneReport {
     pub messages_pruned: u64,
     pub messages_kept: u64,
@@ -220,26 +230,38 @@ pub struct Shared {
     counters: TokenCounters,
     retriever: Option<Arc<dyn Retriever>>,
     active: Arc<AtomicU64>,
+    cluster: Cluster,
+    /// Events of turns run elsewhere for callers on this node.
+    inbox: remote::Inbox,
+    /// Turns run here for callers on other nodes.
+    served: remote::Served,
 }
 
 fn actor_name(id: ConversationId) -> String {
     format!("conversation:{id}")
 }
 
+fn lease_key(id: ConversationId) -> String {
+    conversation_lease_key(id)
+}
+
 /// The node's entry point to conversations: a cheap, cloneable handle.
 #[derive(Clone)]
 pub struct ConversationRegistry {
-    supervisor: ActorRef<Activate<ConversationActor>>,
+    supervisor: ActorRef<SupervisorMsg<ConversationActor>>,
     shared: Arc<Shared>,
 }
 
 impl ConversationRegistry {
-    /// Starts the conversation supervisor.
+    /// Starts the conversation supervisor. Conversations are placed on the members of
+    /// `cluster`; when its membership changes, every live actor checks that it is still the
+    /// owner and passivates if not.
     pub async fn start(
         store: Arc<dyn Store>,
         pool: ModelPoolHandle,
         policy: ChatPolicy,
         retriever: Option<Arc<dyn Retriever>>,
+        cluster: Cluster,
     ) -> Result<ConversationRegistry, ChatError> {
         let shared = Arc::new(Shared {
             store,
@@ -248,11 +270,26 @@ impl ConversationRegistry {
             counters: TokenCounters::default(),
             retriever,
             active: Arc::new(AtomicU64::new(0)),
+            cluster,
+            inbox: Default::default(),
+            served: Default::default(),
         });
         let (supervisor, _) = ChildSupervisor::start("conversation", shared.active.clone())
             .await
             .map_err(|err| ChatError::Unavailable(err.to_string()))?;
+        let mut view = shared.cluster.subscribe();
+        let watched = supervisor.clone();
+        tokio::spawn(async move {
+            while view.changed().await.is_ok() {
+                ChildSupervisor::broadcast(&watched, || ConversationMsg::Tick);
+            }
+        });
         Ok(ConversationRegistry { supervisor, shared })
+    }
+
+    /// The cluster conversations are placed on.
+    pub fn cluster(&self) -> &Cluster {
+        &self.shared.cluster
     }
 
     pub fn policy(&self) -> &ChatPolicy {
@@ -294,6 +331,20 @@ impl ConversationRegistry {
             }
             None => (Uuid::new_v4(), true),
         };
+        if ownership::is_owner(self.cluster(), &lease_key(id)) {
+            self.send_local(id, create, request).await
+        } else {
+            remote::send(self, id, create, request).await
+        }
+    }
+
+    /// Starts a turn on this node's actor of the conversation.
+    async fn send_local(
+        &self,
+        id: ConversationId,
+        create: bool,
+        request: TurnRequest,
+    ) -> Result<TurnStream, ChatError> {
         for _ in 0..ACTIVATION_ATTEMPTS {
             let actor = self.actor(id).await?;
             let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -329,10 +380,14 @@ impl ConversationRegistry {
         id: ConversationId,
     ) -> Result<UsageReport, ChatError> {
         self.owned(user_id, id).await?;
-        self.ask(id, CALL_TIMEOUT, |reply| {
-            ConversationMsg::Usage(user_id, reply)
-        })
-        .await
+        let request = Request::Usage {
+            user: user_id,
+            conversation: id,
+        };
+        match self.remote_owner(id) {
+            Some(owner) => self.call_owner(&owner, &request, CALL_TIMEOUT).await,
+            None => self.usage_local(user_id, id).await,
+        }
     }
 
     /// Summarises all but the most recent messages now.
@@ -342,10 +397,65 @@ impl ConversationRegistry {
         id: ConversationId,
     ) -> Result<PruneReport, ChatError> {
         self.owned(user_id, id).await?;
+        let request = Request::Prune {
+            user: user_id,
+            conversation: id,
+        };
+        match self.remote_owner(id) {
+            Some(owner) => self.call_owner(&owner, &request, PRUNE_TIMEOUT).await,
+            None => self.prune_local(user_id, id).await,
+        }
+    }
+
+    pub(crate) async fn usage_local(
+        &self,
+        user_id: UserId,
+        id: ConversationId,
+    ) -> Result<UsageReport, ChatError> {
+        self.ask(id, CALL_TIMEOUT, |reply| {
+            ConversationMsg::Usage(user_id, reply)
+        })
+        .await
+    }
+
+    pub(crate) async fn prune_local(
+        &self,
+        user_id: UserId,
+        id: ConversationId,
+    ) -> Result<PruneReport, ChatError> {
         self.ask(id, PRUNE_TIMEOUT, |reply| {
             ConversationMsg::Prune(user_id, reply)
         })
         .await
+    }
+
+    /// Hands an event of a turn run elsewhere to its caller here.
+    pub(crate) fn deliver(&self, request_id: Uuid, event: TurnEvent) {
+        self.shared.inbox.deliver(request_id, event);
+    }
+
+    /// Stops a turn run here for a caller on another node.
+    pub(crate) fn cancel_served(&self, request_id: Uuid) {
+        self.shared.served.cancel(request_id);
+    }
+
+    /// The conversation's owner when it is another node.
+    fn remote_owner(&self, id: ConversationId) -> Option<sting_cluster::NodeId> {
+        let owner = self.cluster().owner(lease_key(id).as_bytes());
+        (owner != *self.cluster().local()).then_some(owner)
+    }
+
+    async fn call_owner<T: serde::de::DeserializeOwned>(
+        &self,
+        owner: &sting_cluster::NodeId,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<T, ChatError> {
+        self.cluster()
+            .call::<_, Result<T, WireError>>(owner, request, timeout)
+            .await
+            .map_err(|err| ChatError::Unavailable(err.to_string()))?
+            .map_err(ChatError::from)
     }
 
     /// Deletes a conversation with its messages and summary.
@@ -407,8 +517,24 @@ impl ConversationRegistry {
         }
     }
 
-    /// The live actor of a conversation, activating it if needed.
+    /// The live actor of a conversation, activating it if needed (after claiming its lease,
+    /// which may take a hand-over from the previous owner).
     async fn actor(&self, id: ConversationId) -> Result<ActorRef<ConversationMsg>, ChatError> {
+        if let Some(live) = ActorRef::<ConversationMsg>::where_is(actor_name(id)) {
+            return Ok(live);
+        }
+        let owned = Owned {
+            lease_key: &lease_key(id),
+            actor_name: &actor_name(id),
+        };
+        ownership::claim(
+            self.shared.store.as_ref(),
+            self.cluster(),
+            owned,
+            self.shared.policy.lease_ttl,
+        )
+        .await
+        .map_err(|err| ChatError::Unavailable(err.to_string()))?;
         let args = (id, self.shared.clone());
         ChildSupervisor::activate(&self.supervisor, actor_name(id), args, CALL_TIMEOUT)
             .await

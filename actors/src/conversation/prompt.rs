@@ -100,7 +100,7 @@ fn role_of(role: MessageRole) -> Role {
 }
 
 /// Tokens of a conversation's context by who wrote them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TokenUsage {
     pub system: u64,
     pub user: u64,

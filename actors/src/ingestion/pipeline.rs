@@ -160,6 +160,9 @@ pub enum PipelineMsg {
     Load(RpcReplyPort<(usize, usize)>),
 }
 
+// Local only: never sent to another node.
+impl ractor::Message for PipelineMsg {}
+
 impl Actor for IngestionPipeline {
     type Msg = PipelineMsg;
     type State = PipelineState;

@@ -20,11 +20,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+use sting_cluster::{Cluster, NodeId};
 use sting_store::{
     Chunk, Document, DocumentId, DocumentStatus, JarId, Lease, Page, Store, StoreError, Timestamp,
 };
 
-use crate::supervision::{self, Activate, ChildSupervisor};
+use crate::ownership::{self, Owned};
+use crate::remote::Request;
+use crate::supervision::{self, ChildSupervisor, SupervisorMsg};
 use index::{ChunkHit, IndexError, ShardIndex};
 
 /// The RRF constant (the usual 60: it damps the weight of the very first ranks).
@@ -45,7 +49,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How shards are laid out and kept.
 #[derive(Debug, Clone)]
 pub struct ShardConfig {
-    pub node: String,
     /// Where the node keeps shard indexes: `<dir>/<jar>/<shard>/`.
     pub dir: PathBuf,
     pub shards_per_jar: u32,
@@ -71,7 +74,7 @@ impl From<IndexError> for ShardError {
 }
 
 /// What one search asks of every shard.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShardQuery {
     pub text: String,
     pub embedding: Vec<f32>,
@@ -84,7 +87,7 @@ pub struct ShardQuery {
 }
 
 /// A fused search result.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SearchHit {
     pub jar_id: JarId,
     pub document_id: DocumentId,
@@ -99,6 +102,7 @@ pub struct SearchHit {
 }
 
 /// One shard's two rankings, resolved to hits.
+#[derive(Serialize, Deserialize)]
 pub struct ShardAnswer {
     bm25: Vec<(SearchHit, f32)>,
     vector: Vec<(SearchHit, f32)>,
@@ -127,6 +131,7 @@ pub struct Shared {
     store: Arc<dyn Store>,
     config: ShardConfig,
     active: Arc<std::sync::atomic::AtomicU64>,
+    cluster: Cluster,
     /// One holder per shard directory. A stopping actor leaves the name registry before its
     /// `post_stop` (its checkpoint) runs, so its successor waits here until it has let go.
     directories: std::sync::Mutex<HashMap<(JarId, u32), DirectoryLock>>,
@@ -156,24 +161,35 @@ impl Shared {
 /// The node's entry point to jar shards.
 #[derive(Clone)]
 pub struct ShardRegistry {
-    supervisor: ActorRef<Activate<JarShardActor>>,
+    supervisor: ActorRef<SupervisorMsg<JarShardActor>>,
     shared: Arc<Shared>,
 }
 
 impl ShardRegistry {
+    /// Starts the shard supervisor. Shards are placed on the members of `cluster`; when its
+    /// membership changes, every live shard checks that it is still the owner.
     pub async fn start(
         store: Arc<dyn Store>,
         config: ShardConfig,
+        cluster: Cluster,
     ) -> Result<ShardRegistry, ShardError> {
         let shared = Arc::new(Shared {
             store,
             config,
             active: Default::default(),
+            cluster,
             directories: Default::default(),
         });
         let (supervisor, _) = ChildSupervisor::start("jar shard", shared.active.clone())
             .await
             .map_err(|err| ShardError::Unavailable(err.to_string()))?;
+        let mut view = shared.cluster.subscribe();
+        let watched = supervisor.clone();
+        tokio::spawn(async move {
+            while view.changed().await.is_ok() {
+                ChildSupervisor::broadcast(&watched, || ShardMsg::Tick);
+            }
+        });
         Ok(ShardRegistry { supervisor, shared })
     }
 
@@ -197,7 +213,7 @@ impl ShardRegistry {
         for &jar in jars {
             for shard in 0..shards {
                 let query = query.clone();
-                calls.push(async move { self.ask_search(jar, shard, query).await });
+                calls.push(async move { self.search_shard(jar, shard, query).await });
             }
         }
         let answers = futures_util::future::try_join_all(calls).await?;
@@ -207,16 +223,47 @@ impl ShardRegistry {
     }
 
     /// Brings a document's chunks in the live shard up to date with the store (processed,
-    /// re-processed or deleted). A shard that is not live reads the store when activated.
+    /// re-processed or deleted), on whichever node owns the shard. A shard that is not live
+    /// reads the store when activated.
     pub fn document_changed(&self, jar: JarId, document: DocumentId) {
+        let shard = shard_of(document, self.shared.config.shards_per_jar);
+        match self.remote_owner(jar, shard) {
+            None => self.refresh_local(jar, document),
+            Some(owner) => {
+                let request = Request::DocumentChanged { jar, document };
+                if let Err(err) = self.shared.cluster.cast(&owner, &request) {
+                    // The owner is going away: its successor reads the store when activated.
+                    tracing::debug!(%jar, %owner, error = %err, "document change not forwarded");
+                }
+            }
+        }
+    }
+
+    /// [`ShardRegistry::document_changed`] for the shard's actor on this node.
+    pub(crate) fn refresh_local(&self, jar: JarId, document: DocumentId) {
         let shard = shard_of(document, self.shared.config.shards_per_jar);
         if let Some(actor) = ActorRef::<ShardMsg>::where_is(actor_name(jar, shard)) {
             let _ = actor.cast(ShardMsg::Refresh(document));
         }
     }
 
-    /// Stops the shards of a deleted jar and deletes their indexes.
+    /// Stops the shards of a deleted jar and deletes their indexes, on every live node (a
+    /// node that is down deletes its stale files when the shard next fails to find its jar).
     pub fn jar_deleted(&self, jar: JarId) {
+        self.destroy_local(jar);
+        let cluster = &self.shared.cluster;
+        for member in cluster.members() {
+            if member.local || !member.live {
+                continue;
+            }
+            if let Err(err) = cluster.cast(&member.heartbeat.node, &Request::JarDeleted(jar)) {
+                tracing::debug!(%jar, node = %member.heartbeat.node, error = %err, "jar deletion not forwarded");
+            }
+        }
+    }
+
+    /// Stops this node's shards of a deleted jar and deletes their files.
+    pub(crate) fn destroy_local(&self, jar: JarId) {
         for shard in 0..self.shared.config.shards_per_jar.max(1) {
             if let Some(actor) = ActorRef::<ShardMsg>::where_is(actor_name(jar, shard)) {
                 let _ = actor.cast(ShardMsg::Destroy);
@@ -237,13 +284,48 @@ impl ShardRegistry {
             .await;
     }
 
-    async fn ask_search(
+    /// The shard's owner when it is another node.
+    fn remote_owner(&self, jar: JarId, shard: u32) -> Option<NodeId> {
+        let cluster = &self.shared.cluster;
+        let owner = cluster.owner(lease_key(jar, shard).as_bytes());
+        (owner != *cluster.local()).then_some(owner)
+    }
+
+    /// Searches one shard on whichever node owns it.
+    async fn search_shard(
+        &self,
+        jar: JarId,
+        shard: u32,
+        query: ShardQuery,
+    ) -> Result<ShardAnswer, ShardError> {
+        let Some(owner) = self.remote_owner(jar, shard) else {
+            return self.search_local(jar, shard, query).await;
+        };
+        let request = Request::Search { jar, shard, query };
+        self.shared
+            .cluster
+            .call::<_, Result<ShardAnswer, String>>(&owner, &request, CALL_TIMEOUT)
+            .await
+            .map_err(|err| ShardError::Unavailable(err.to_string()))?
+            .map_err(ShardError::Unavailable)
+    }
+
+    /// Searches the shard's actor on this node (activating it).
+    pub(crate) async fn search_local(
         &self,
         jar: JarId,
         shard: u32,
         query: ShardQuery,
     ) -> Result<ShardAnswer, ShardError> {
         for _ in 0..5 {
+            if ActorRef::<ShardMsg>::where_is(actor_name(jar, shard)).is_none() {
+                let owned = Owned {
+                    lease_key: &lease_key(jar, shard),
+                    actor_name: &actor_name(jar, shard),
+                };
+                let (store, ttl) = (self.shared.store.as_ref(), self.shared.config.lease_ttl);
+                ownership::claim(store, &self.shared.cluster, owned, ttl).await?;
+            }
             let args = (jar, shard, self.shared.clone());
             let actor = ChildSupervisor::activate(
                 &self.supervisor,
@@ -346,6 +428,9 @@ pub enum ShardMsg {
     Tick,
 }
 
+// Local only: never sent to another node.
+impl ractor::Message for ShardMsg {}
+
 impl Actor for JarShardActor {
     type Msg = ShardMsg;
     type State = ShardState;
@@ -362,7 +447,7 @@ impl Actor for JarShardActor {
             .store
             .acquire_lease(
                 &lease_key(jar, shard),
-                &config.node,
+                shared.cluster.local().as_str(),
                 config.lease_ttl.as_millis() as i64,
                 Timestamp::now(),
             )
@@ -441,6 +526,10 @@ impl Actor for JarShardActor {
                 let config = &state.shared.config;
                 if state.last_request.elapsed() >= config.idle_timeout {
                     myself.stop(Some("idle".into()));
+                    return Ok(());
+                }
+                if !ownership::is_owner(&state.shared.cluster, &state.lease.key) {
+                    myself.stop(Some("ownership moved".into()));
                     return Ok(());
                 }
                 if state

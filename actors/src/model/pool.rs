@@ -106,6 +106,9 @@ pub enum ModelPoolMsg {
     Rescan,
 }
 
+// Local only: never sent to another node.
+impl ractor::Message for ModelPoolMsg {}
+
 pub struct ModelPoolArgs {
     pub config: PoolConfig,
     pub events: broadcast::Sender<ModelEvent>,

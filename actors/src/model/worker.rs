@@ -88,6 +88,9 @@ pub enum ModelWorkerMsg {
     Report(RpcReplyPort<LoadReport>),
 }
 
+// Local only: never sent to another node.
+impl ractor::Message for ModelWorkerMsg {}
+
 impl Actor for ModelWorker {
     type Msg = ModelWorkerMsg;
     type State = ModelWorkerState;

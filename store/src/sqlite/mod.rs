@@ -668,6 +668,37 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn take_over_lease(
+        &self,
+        observed: &Lease,
+        owner: &str,
+        ttl_ms: i64,
+        now: Timestamp,
+    ) -> StoreResult<Lease> {
+        let (observed, owner) = (observed.clone(), owner.to_owned());
+        self.write(move |tx| {
+            check_tenure(tx, &observed)?;
+            let lease = Lease {
+                key: observed.key,
+                owner,
+                epoch: observed.epoch + 1,
+                expires_at: now.plus_ms(ttl_ms),
+            };
+            tx.execute(
+                "UPDATE leases SET owner = ?2, epoch = ?3, expires_at = ?4 WHERE key = ?1",
+                params![
+                    lease.key,
+                    lease.owner,
+                    lease.epoch as i64,
+                    lease.expires_at.0
+                ],
+            )
+            .map_err(map_err)?;
+            Ok(lease)
+        })
+        .await
+    }
+
     async fn save_conversation(
         &self,
         lease: &Lease,

@@ -22,7 +22,8 @@ macro_rules! store_test_suite {
             delete_user_sessions_returns_hashes, expired_sessions_are_collected,
             lease_is_exclusive_until_expiry, lease_reacquire_by_holder_keeps_epoch,
             stale_epoch_cannot_renew_or_release, released_lease_never_reuses_epoch,
-            concurrent_acquires_elect_one_owner, conversation_roundtrip_with_messages,
+            concurrent_acquires_elect_one_owner, take_over_fences_the_old_holder,
+            conversation_roundtrip_with_messages,
             conversation_writes_need_current_lease, create_twice_conflicts_and_update_needs_record,
             message_retry_is_idempotent_and_seq_clash_conflicts, list_conversations_sorts_and_pages,
             delete_conversation_removes_messages_and_blocks_late_writes,
@@ -402,6 +403,30 @@ pub async fn released_lease_never_reuses_epoch(store: &dyn Store) {
         .acquire_lease("conv:z", "node-a", 10_000, Timestamp(3))
         .await;
     assert!(matches!(a_again, Err(StoreError::LeaseHeld { .. })));
+}
+
+pub async fn take_over_fences_the_old_holder(store: &dyn Store) {
+    let a = store
+        .acquire_lease("conv:t", "node-a", 60_000, Timestamp(0))
+        .await
+        .unwrap();
+    // node-a is declared down long before its lease would expire.
+    let b = store
+        .take_over_lease(&a, "node-b", 60_000, Timestamp(1_000))
+        .await
+        .unwrap();
+    assert_eq!((b.owner.as_str(), b.epoch), ("node-b", a.epoch + 1));
+    assert_eq!(b.expires_at, Timestamp(61_000));
+    assert!(matches!(
+        store.renew_lease(&a, 60_000, Timestamp(2_000)).await,
+        Err(StoreError::StaleLease { .. })
+    ));
+    // A second taker that observed the same old lease loses the race.
+    let c = store
+        .take_over_lease(&a, "node-c", 60_000, Timestamp(2_000))
+        .await;
+    assert!(matches!(c, Err(StoreError::StaleLease { .. })), "{c:?}");
+    assert_eq!(store.lease("conv:t").await.unwrap(), Some(b));
 }
 
 pub async fn concurrent_acquires_elect_one_owner(store: &dyn Store) {

@@ -1,0 +1,569 @@
+//! Three `sting serve` processes on loopback as one cluster: a shared SQLite store (one host),
+//! ractor_cluster between them, conversations and shards placed by rendezvous hashing.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sting_cluster::{placement, NodeId};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::{onnxruntime_available, ServerOptions, TestServer};
+use crate::knowledge::{create_jar, english, settled, upload};
+
+const COOKIE: &str = "e2e-cluster-cookie-0123456789";
+const NAMES: [&str; 3] = ["a", "b", "c"];
+const ADMIN_EMAIL: &str = "ops@example.com";
+const ADMIN_PASSWORD: &str = "admin password 1";
+/// Failure detection in these tests: a heartbeat every 200 ms, down after 1.5 s of silence.
+const DOWN_AFTER: Duration = Duration::from_millis(1500);
+
+/// Three nodes sharing one store directory.
+struct TestCluster {
+    nodes: Vec<TestServer>,
+    _store: tempfile::TempDir,
+    admin: String,
+}
+
+/// A free TCP port on loopback (released again for the node to bind).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl TestCluster {
+    async fn start(extra: &[(&str, &str)]) -> TestCluster {
+        let store = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = NAMES.iter().map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for (i, name) in NAMES.iter().enumerate() {
+            let seeds = match i {
+                0 => "[]".to_owned(),
+                _ => format!("[\"127.0.0.1:{}\"]", ports[0]),
+            };
+            let mut options = ServerOptions::new()
+                .env("STING_NODE__NAME", name)
+                .env("STING_STORE__DIR", store.path().to_str().unwrap())
+                .env("STING_CLUSTER__ENABLED", "true")
+                .env("STING_CLUSTER__COOKIE", COOKIE)
+                .env("STING_CLUSTER__PORT", &ports[i].to_string())
+                .env("STING_CLUSTER__SEEDS", &seeds)
+                .env("STING_CLUSTER__HEARTBEAT_INTERVAL_MS", "200")
+                .env("STING_CLUSTER__DOWN_AFTER_MS", "1500")
+                .env("STING_RATE_LIMITS__CHAT__REQUESTS", "100000")
+                .env("STING_RATE_LIMITS__SEARCH__REQUESTS", "100000")
+                .env("STING_RATE_LIMITS__UPLOAD__REQUESTS", "1000")
+                .env("STING_RATE_LIMITS__GENERAL__REQUESTS", "100000");
+            if i == 0 {
+                options = options
+                    .env("STING_BOOTSTRAP__ADMIN_EMAIL", ADMIN_EMAIL)
+                    .env("STING_BOOTSTRAP__ADMIN_PASSWORD", ADMIN_PASSWORD);
+            }
+            for (key, value) in extra {
+                options = options.env(key, value);
+            }
+            nodes.push(options.start().await);
+        }
+        let login = nodes[0].login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+        assert_eq!(login.status, StatusCode::OK, "{}", login.body);
+        let admin = login.body["session_token"].as_str().unwrap().to_owned();
+        let cluster = TestCluster {
+            nodes,
+            _store: store,
+            admin,
+        };
+        for node in 0..3 {
+            cluster.await_placement(node, &NAMES).await;
+        }
+        cluster
+    }
+
+    fn node(&self, name: &str) -> &TestServer {
+        &self.nodes[NAMES.iter().position(|n| *n == name).unwrap()]
+    }
+
+    async fn status(&self, node: usize) -> Value {
+        let reply = self.nodes[node]
+            .get("/api/system/cluster", Some(&self.admin))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        reply.body
+    }
+
+    /// Waits until `node` places on exactly `members`.
+    async fn await_placement(&self, node: usize, members: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.status(node).await;
+            let placement: Vec<&str> = status["placement"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap())
+                .collect();
+            if placement == members {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {node} places on {placement:?}, not {members:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The node that owns a conversation when `members` are up (what every node computes).
+fn owner(conversation: &str, members: &[&str]) -> String {
+    let members: Vec<NodeId> = members.iter().map(|m| NodeId::new(*m)).collect();
+    let key = format!("conversation:{conversation}");
+    placement::owner(key.as_bytes(), &members)
+        .unwrap()
+        .to_string()
+}
+
+fn message(text: &str, conversation: Option<&str>, request_id: &str) -> Value {
+    let mut body = json!({
+        "message": text,
+        "request_id": request_id,
+        "context": {"temperature": 0, "max_tokens": 6},
+    });
+    if let Some(id) = conversation {
+        body["conversation_id"] = json!(id);
+    }
+    body
+}
+
+/// Sends a message, retrying with the same request id while the cluster answers 503 (at most
+/// `patience`); returns the reply body of the acknowledged turn.
+async fn say(
+    node: &TestServer,
+    token: &str,
+    conversation: Option<&str>,
+    text: &str,
+    patience: Duration,
+) -> Value {
+    let request_id = format!("req-{}", uuid::Uuid::new_v4().simple());
+    let deadline = Instant::now() + patience;
+    loop {
+        let reply = node
+            .post(
+                "/api/chat/message",
+                Some(token),
+                message(text, conversation, &request_id),
+            )
+            .await;
+        if reply.status == StatusCode::OK {
+            return reply.body;
+        }
+        assert!(
+            reply.status == StatusCode::SERVICE_UNAVAILABLE && Instant::now() < deadline,
+            "{}: {}",
+            reply.status,
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn history(node: &TestServer, token: &str, conversation: &str) -> Vec<Value> {
+    let reply = node
+        .get(
+            &format!("/api/chat/conversations/{conversation}?limit=200"),
+            Some(token),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    reply.body["messages"].as_array().unwrap().clone()
+}
+
+/// Creates conversations (via `via`) until one is owned by `wanted`.
+async fn conversation_owned_by(
+    cluster: &TestCluster,
+    token: &str,
+    via: &str,
+    wanted: &str,
+) -> String {
+    for _ in 0..40 {
+        let reply = say(cluster.node(via), token, None, "hello", Duration::ZERO).await;
+        let id = reply["conversation_id"].as_str().unwrap().to_owned();
+        if owner(&id, &NAMES) == wanted {
+            return id;
+        }
+    }
+    panic!("no conversation placed on {wanted} in 40 tries");
+}
+
+#[tokio::test]
+async fn three_nodes_serve_one_conversation_and_stream_across_nodes() {
+    if !onnxruntime_available("three_nodes_serve_one_conversation_and_stream_across_nodes") {
+        return;
+    }
+    let cluster = TestCluster::start(&[]).await;
+    let (token, _) = cluster.node("a").register("walker@example.com").await;
+
+    // Created via a, continued via b and c: one history, in order.
+    let first = say(cluster.node("a"), &token, None, "one", Duration::ZERO).await;
+    let id = first["conversation_id"].as_str().unwrap().to_owned();
+    for (node, text) in [("b", "two"), ("c", "three"), ("a", "four")] {
+        let reply = say(cluster.node(node), &token, Some(&id), text, Duration::ZERO).await;
+        assert_eq!(reply["conversation_id"], id.as_str());
+    }
+    for node in NAMES {
+        let messages = history(cluster.node(node), &token, &id).await;
+        let users: Vec<&str> = messages
+            .iter()
+            .filter(|m| m["type"] == "user")
+            .map(|m| m["content"].as_str().unwrap())
+            .collect();
+        assert_eq!(users, ["one", "two", "three", "four"], "history via {node}");
+        assert_eq!(messages.len(), 8, "every message answered once");
+    }
+    // Token usage is answered by the owner, whichever node is asked.
+    for node in NAMES {
+        let usage = cluster
+            .node(node)
+            .get(
+                &format!("/api/chat/conversations/{id}/token-usage"),
+                Some(&token),
+            )
+            .await;
+        assert_eq!(usage.status, StatusCode::OK, "{}", usage.body);
+    }
+
+    // A WebSocket on c streams the answer of a conversation owned by a.
+    let owned_by_a = conversation_owned_by(&cluster, &token, "b", "a").await;
+    let url = cluster
+        .node("c")
+        .url("/api/chat/ws")
+        .replacen("http", "ws", 1);
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut data = message("stream it", Some(&owned_by_a), "ws-1");
+    data["context"]["max_tokens"] = json!(24);
+    socket
+        .send(Message::text(
+            json!({"type": "message", "data": data}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let (mut chunks, mut kinds) = (String::new(), Vec::new());
+    let complete = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), socket.next())
+            .await
+            .expect("a frame")
+            .expect("socket open")
+            .unwrap();
+        let Message::Text(text) = frame else { continue };
+        let frame: Value = serde_json::from_str(&text).unwrap();
+        let kind = frame["type"].as_str().unwrap().to_owned();
+        assert_eq!(frame["request_id"], "ws-1", "{frame}");
+        if kind == "response_chunk" {
+            chunks.push_str(frame["chunk"].as_str().unwrap());
+        }
+        if kind == "response_complete" {
+            break frame;
+        }
+        assert!(
+            ["message_received", "response_chunk"].contains(&kind.as_str()),
+            "{frame}"
+        );
+        kinds.push(kind);
+    };
+    assert_eq!(kinds[0], "message_received");
+    assert!(kinds.iter().filter(|k| *k == "response_chunk").count() > 1);
+    assert_eq!(complete["response"].as_str().unwrap(), chunks);
+    let stored = history(cluster.node("a"), &token, &owned_by_a).await;
+    assert_eq!(stored.last().unwrap()["content"].as_str().unwrap(), chunks);
+
+    // The owner ran it: a reports the conversation's actor, c only routed.
+    let status = cluster.status(2).await;
+    let members: HashMap<&str, &Value> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["node"].as_str().unwrap(), m))
+        .collect();
+    assert_eq!(members.len(), 3);
+    assert!(members.values().all(|m| m["state"] == "up"), "{status}");
+    assert!(
+        cluster
+            .node("a")
+            .get("/metrics", None)
+            .await
+            .body
+            .as_str()
+            .unwrap()
+            .contains("sting_cluster_members{state=\"up\"} 3"),
+        "cluster metrics"
+    );
+
+    // Search answers the same on every node (the shard lives on one of them).
+    let jar = create_jar(
+        cluster.node("a"),
+        &token,
+        json!({"name": "Field notes", "description": "bees"}),
+    )
+    .await;
+    let mut documents = Vec::new();
+    for topic in ["swarming in spring", "winter clusters", "waggle dances"] {
+        let (status, body) = upload(
+            cluster.node("b"),
+            &token,
+            &jar,
+            &format!("{topic}.txt"),
+            english(topic).into_bytes(),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        documents.push(body["id"].as_str().unwrap().to_owned());
+    }
+    for id in &documents {
+        assert_eq!(
+            settled(cluster.node("c"), &token, id).await["status"],
+            "processed"
+        );
+    }
+    let mut answers = Vec::new();
+    for node in NAMES {
+        let reply = cluster
+            .node(node)
+            .post(
+                "/api/knowledge/search",
+                Some(&token),
+                json!({"query": "waggle dances", "honey_jar_ids": [jar], "limit": 5}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        let hits: Vec<(String, String)> = reply.body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["document_id"].to_string(), r["score"].to_string()))
+            .collect();
+        assert!(!hits.is_empty());
+        answers.push(hits);
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0], answers[2]);
+}
+
+#[tokio::test]
+async fn kill_9_of_an_owner_under_load_loses_no_acknowledged_message() {
+    if !onnxruntime_available("kill_9_of_an_owner_under_load_loses_no_acknowledged_message") {
+        return;
+    }
+    let cluster = TestCluster::start(&[]).await;
+    let (token, _) = cluster.node("b").register("load@example.com").await;
+
+    // 30 conversations, created through b and c.
+    let mut conversations = Vec::new();
+    for i in 0..30 {
+        let via = if i % 2 == 0 { "b" } else { "c" };
+        let reply = say(cluster.node(via), &token, None, "m0", Duration::ZERO).await;
+        conversations.push(reply["conversation_id"].as_str().unwrap().to_owned());
+    }
+    let on_a: Vec<&String> = conversations
+        .iter()
+        .filter(|id| owner(id, &NAMES) == "a")
+        .collect();
+    assert!(on_a.len() >= 3, "a owns {} of 30", on_a.len());
+
+    // Four more messages each, from concurrent clients on b and c; a dies during the load.
+    let started = Instant::now();
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        Instant::now()
+    };
+    let load = futures::future::join_all(conversations.iter().enumerate().map(|(i, id)| {
+        let via = if i % 2 == 0 { "b" } else { "c" };
+        let (node, token) = (cluster.node(via), token.clone());
+        async move {
+            let mut acknowledged = Vec::new();
+            for m in 1..5 {
+                let reply = say(
+                    node,
+                    &token,
+                    Some(id),
+                    &format!("m{m}"),
+                    Duration::from_secs(20),
+                )
+                .await;
+                acknowledged.push((format!("m{m}"), Instant::now()));
+                assert_eq!(reply["conversation_id"], id.as_str());
+            }
+            acknowledged
+        }
+    }));
+    let (acknowledged, killed_at) = {
+        let mut load = std::pin::pin!(load);
+        let killed_at = tokio::select! {
+            at = killer => at,
+            _ = &mut load => panic!("the load finished before the kill"),
+        };
+        cluster.node("a").signal("KILL");
+        (load.await, killed_at)
+    };
+    eprintln!(
+        "load of 30×4 messages with a kill -9 after {:?}: {:?}",
+        killed_at - started,
+        started.elapsed()
+    );
+
+    // Every acknowledged message is stored exactly once, each followed by its answer.
+    for (id, acked) in conversations.iter().zip(&acknowledged) {
+        let messages = history(cluster.node("b"), &token, id).await;
+        let users: Vec<&str> = messages
+            .iter()
+            .filter(|m| m["type"] == "user")
+            .map(|m| m["content"].as_str().unwrap())
+            .collect();
+        assert_eq!(users, ["m0", "m1", "m2", "m3", "m4"], "conversation {id}");
+        let ids: HashSet<&str> = messages.iter().map(|m| m["id"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), messages.len(), "no duplicates in {id}");
+        assert_eq!(messages.len(), 10, "every message answered once in {id}");
+        assert_eq!(acked.len(), 4);
+    }
+
+    // a's conversations answered again within the failure-detection time of the kill.
+    let recovered = on_a
+        .iter()
+        .map(|id| {
+            let acked = &acknowledged[conversations.iter().position(|c| c == *id).unwrap()];
+            acked
+                .iter()
+                .map(|(_, at)| *at)
+                .find(|at| *at > killed_at)
+                .map_or(Duration::ZERO, |at| at - killed_at)
+        })
+        .max()
+        .unwrap();
+    eprintln!(
+        "recovery after kill -9: every conversation of the dead node answered within {recovered:?}"
+    );
+    assert!(
+        recovered < DOWN_AFTER + Duration::from_secs(5),
+        "{recovered:?}"
+    );
+    cluster.await_placement(1, &["b", "c"]).await;
+}
+
+#[tokio::test]
+async fn a_paused_owner_is_fenced_and_drain_hands_over_without_errors() {
+    if !onnxruntime_available("a_paused_owner_is_fenced_and_drain_hands_over_without_errors") {
+        return;
+    }
+    // Leases of 1 s, so the pause below outlasts them.
+    let cluster = TestCluster::start(&[("STING_CHAT__LEASE_TTL_SECS", "1")]).await;
+    let (token, _) = cluster.node("b").register("pause@example.com").await;
+    let id = conversation_owned_by(&cluster, &token, "b", "a").await;
+
+    // a freezes holding the conversation; b takes it over once a is declared down.
+    cluster.node("a").signal("STOP");
+    let paused = Instant::now();
+    say(
+        cluster.node("b"),
+        &token,
+        Some(&id),
+        "while a sleeps",
+        Duration::from_secs(10),
+    )
+    .await;
+    let took_over = paused.elapsed();
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(took_over)).await;
+    cluster.node("a").signal("CONT");
+    cluster.await_placement(0, &NAMES).await;
+
+    // a wakes up believing it still owns the conversation: its old lease is refused, it takes
+    // the conversation back properly, and nothing is written twice or lost.
+    say(
+        cluster.node("a"),
+        &token,
+        Some(&id),
+        "a is back",
+        Duration::from_secs(10),
+    )
+    .await;
+    let messages = history(cluster.node("c"), &token, &id).await;
+    let users: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["type"] == "user")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["hello", "while a sleeps", "a is back"]);
+    assert_eq!(messages.len(), 6, "every message answered once");
+    assert!(
+        cluster.node("a").log().contains("is stale"),
+        "a's stale lease was refused"
+    );
+
+    // Drain c while clients keep talking through every node: no errors, and c ends up owning
+    // nothing.
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let reply = say(
+            cluster.node("c"),
+            &token,
+            None,
+            "before drain",
+            Duration::ZERO,
+        )
+        .await;
+        ids.push(reply["conversation_id"].as_str().unwrap().to_owned());
+    }
+    let drained = cluster
+        .node("a")
+        .post(
+            "/api/system/cluster/drain",
+            Some(&cluster.admin),
+            json!({"node": "c"}),
+        )
+        .await;
+    assert_eq!(drained.status, StatusCode::OK, "{}", drained.body);
+    assert_eq!(drained.body["state"], "draining");
+    for round in 0..3 {
+        for (i, id) in ids.iter().enumerate() {
+            let via = NAMES[(i + round) % 3];
+            let reply = cluster
+                .node(via)
+                .post(
+                    "/api/chat/message",
+                    Some(&token),
+                    message("during drain", Some(id), &format!("d-{round}-{i}")),
+                )
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "via {via}: {}", reply.body);
+        }
+    }
+    cluster.await_placement(1, &["a", "b"]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = cluster.status(1).await;
+        let c = status["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["node"] == "c")
+            .cloned()
+            .unwrap();
+        if c["state"] == "draining" && c["conversations"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "c still owns: {c}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in &ids {
+        let messages = history(cluster.node("b"), &token, id).await;
+        assert_eq!(messages.len(), 8, "{id}: every turn stored once");
+    }
+}
