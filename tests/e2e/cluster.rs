@@ -39,6 +39,16 @@ fn free_port() -> u16 {
 
 impl TestCluster {
     async fn start(extra: &[(&str, &str)]) -> TestCluster {
+        TestCluster::start_with(extra, &|_| Vec::new(), &NAMES).await
+    }
+
+    /// Starts the nodes with `extra` settings for all and `per_node` ones for each, and waits
+    /// until the first two place on `expected`.
+    async fn start_with(
+        extra: &[(&str, &str)],
+        per_node: &dyn Fn(&str) -> Vec<(String, String)>,
+        expected: &[&str],
+    ) -> TestCluster {
         let store = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = NAMES.iter().map(|_| free_port()).collect();
         let mut nodes = Vec::new();
@@ -68,6 +78,9 @@ impl TestCluster {
             for (key, value) in extra {
                 options = options.env(key, value);
             }
+            for (key, value) in per_node(name) {
+                options = options.env(&key, &value);
+            }
             nodes.push(options.start().await);
         }
         let login = nodes[0].login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
@@ -78,10 +91,27 @@ impl TestCluster {
             _store: store,
             admin,
         };
-        for node in 0..3 {
-            cluster.await_placement(node, &NAMES).await;
+        for node in 0..expected.len() {
+            cluster.await_placement(node, expected).await;
         }
         cluster
+    }
+
+    /// Runs `sting cluster <args>` as the admin against node `via`; returns its output.
+    fn cli(&self, args: &[&str], via: &str) -> String {
+        let output = std::process::Command::new(crate::harness::sting_binary())
+            .arg("cluster")
+            .args(args)
+            .args(["--url", &self.node(via).base])
+            .env("STING_TOKEN", &self.admin)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "sting cluster {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
     }
 
     fn node(&self, name: &str) -> &TestServer {
@@ -284,6 +314,40 @@ async fn three_nodes_serve_one_conversation_and_stream_across_nodes() {
     assert_eq!(complete["response"].as_str().unwrap(), chunks);
     let stored = history(cluster.node("a"), &token, &owned_by_a).await;
     assert_eq!(stored.last().unwrap()["content"].as_str().unwrap(), chunks);
+
+    // Stopping the answer on c stops the generation on a; the partial answer is stored.
+    let mut data = message("tell me a long story", Some(&owned_by_a), "ws-2");
+    data["context"]["max_tokens"] = json!(180);
+    socket
+        .send(Message::text(
+            json!({"type": "message", "data": data}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let mut cancelled = false;
+    let done = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), socket.next())
+            .await
+            .expect("a frame")
+            .expect("socket open")
+            .unwrap();
+        let Message::Text(text) = frame else { continue };
+        let frame: Value = serde_json::from_str(&text).unwrap();
+        if frame["type"] == "response_chunk" && !cancelled {
+            let cancel = json!({"type": "cancel", "request_id": "ws-2"});
+            socket
+                .send(Message::text(cancel.to_string()))
+                .await
+                .unwrap();
+            cancelled = true;
+        }
+        if frame["type"] == "response_complete" {
+            break frame;
+        }
+    };
+    assert_eq!(done["metadata"]["status"], "cancelled", "{done}");
+    let stored = history(cluster.node("b"), &token, &owned_by_a).await;
+    assert_eq!(stored.last().unwrap()["status"], "cancelled");
 
     // The owner ran it: a reports the conversation's actor, c only routed.
     let status = cluster.status(2).await;
@@ -521,16 +585,9 @@ async fn a_paused_owner_is_fenced_and_drain_hands_over_without_errors() {
         .await;
         ids.push(reply["conversation_id"].as_str().unwrap().to_owned());
     }
-    let drained = cluster
-        .node("a")
-        .post(
-            "/api/system/cluster/drain",
-            Some(&cluster.admin),
-            json!({"node": "c"}),
-        )
-        .await;
-    assert_eq!(drained.status, StatusCode::OK, "{}", drained.body);
-    assert_eq!(drained.body["state"], "draining");
+    // The operator's command, through a (which forwards it to c).
+    let drained = cluster.cli(&["drain", "c"], "a");
+    assert_eq!(drained.trim(), "c is draining");
     for round in 0..3 {
         for (i, id) in ids.iter().enumerate() {
             let via = NAMES[(i + round) % 3];
@@ -566,4 +623,87 @@ async fn a_paused_owner_is_fenced_and_drain_hands_over_without_errors() {
         let messages = history(cluster.node("b"), &token, id).await;
         assert_eq!(messages.len(), 8, "{id}: every turn stored once");
     }
+    let status = cluster.cli(&["status"], "b");
+    let c_line = status.lines().find(|l| l.starts_with("c ")).expect(&status);
+    assert!(c_line.contains("draining"), "{status}");
+    assert!(status.contains("placement: a, b"), "{status}");
+    let refused = std::process::Command::new(crate::harness::sting_binary())
+        .args([
+            "cluster",
+            "status",
+            "--url",
+            &cluster.node("b").base,
+            "--token",
+            "nope",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+}
+
+/// A CA and, for each name, a certificate for 127.0.0.1 signed by it: PEM files in `dir`.
+fn certificates(dir: &std::path::Path, ca_name: &str, nodes: &[&str]) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    std::fs::write(dir.join(format!("{ca_name}.pem")), ca.pem()).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    for node in nodes {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join(format!("{node}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{node}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn nodes_speak_mutual_tls_and_refuse_a_stranger() {
+    if !onnxruntime_available("nodes_speak_mutual_tls_and_refuse_a_stranger") {
+        return;
+    }
+    let pki = tempfile::tempdir().unwrap();
+    certificates(pki.path(), "cluster-ca", &["a", "b"]);
+    // c's certificate is signed by another CA: the others must not let it in.
+    certificates(pki.path(), "other-ca", &["c"]);
+    let dir = pki.path().to_owned();
+    let files = move |node: &str| {
+        let ca = if node == "c" {
+            "other-ca"
+        } else {
+            "cluster-ca"
+        };
+        let file = |name: String| dir.join(name).to_str().unwrap().to_owned();
+        vec![
+            (
+                "STING_CLUSTER__TLS_CERT_PATH".to_owned(),
+                file(format!("{node}.pem")),
+            ),
+            (
+                "STING_CLUSTER__TLS_KEY_PATH".to_owned(),
+                file(format!("{node}.key")),
+            ),
+            (
+                "STING_CLUSTER__TLS_CA_PATH".to_owned(),
+                file(format!("{ca}.pem")),
+            ),
+        ]
+    };
+    let cluster = TestCluster::start_with(&[], &files, &["a", "b"]).await;
+    let (token, _) = cluster.node("b").register("tls@example.com").await;
+    for via in ["a", "b", "a", "b"] {
+        say(cluster.node(via), &token, None, "over TLS", Duration::ZERO).await;
+    }
+    // Long past c's join wait, a still knows only b.
+    let status = cluster.status(0).await;
+    let members: Vec<&str> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(members, ["a", "b"], "{status}");
+    assert!(cluster.node("a").log().contains("tls=true"));
 }

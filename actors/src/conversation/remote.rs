@@ -342,10 +342,15 @@ impl ConversationRegistry {
         let registry = self.clone();
         tokio::spawn(async move {
             let cluster = registry.cluster().clone();
+            let mut cancel_requested = false;
             loop {
                 let event = tokio::select! {
                     event = stream.next() => event,
-                    _ = &mut cancelled => { stream.cancel(); continue; }
+                    _ = &mut cancelled, if !cancel_requested => {
+                        cancel_requested = true;
+                        stream.cancel();
+                        continue;
+                    }
                 };
                 let Some(event) = event else { break };
                 let last = matches!(event, TurnEvent::Done(_) | TurnEvent::Failed(_));
