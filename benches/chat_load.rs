@@ -15,7 +15,6 @@
 //! tokens/s, and the 16-vs-1 throughput ratio measured in the same run.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -24,7 +23,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 mod common;
-use common::{listen_url, percentile};
+use common::{listen_url, percentile, register, serve_command};
 
 const CONCURRENCIES: [usize; 2] = [1, 16];
 const PROMPT: &str = "Write a short paragraph about how honey bees make honey.";
@@ -58,40 +57,16 @@ struct Chat {
 
 async fn run(data_dir: PathBuf, rounds: usize, tokens: usize) {
     let work = tempfile::tempdir().unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_sting"))
-        .args([
-            "serve",
-            "--no-tls",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--data-dir",
-        ])
-        .arg(work.path())
-        .env("STING_MODELS__DIR", data_dir.join("models"))
+    let mut server = serve_command(work.path(), &data_dir.join("models"))
         .env(
             "STING_MODELS__ONNXRUNTIME_LIBRARY",
             data_dir.join("runtime/libonnxruntime.so.1.31.1"),
         )
-        .env("STING_MODELS__AUTO_PREPARE", "false")
-        .env("STING_RATE_LIMITS__ENABLED", "false")
-        .env("STING_LOGGING__LEVEL", "warn")
-        .stdout(Stdio::piped())
         .spawn()
         .expect("start sting");
     let base = listen_url(server.stdout.take().unwrap());
     let client = reqwest::Client::new();
-    let registered: Value = client
-        .post(format!("{base}/api/auth/register"))
-        .json(&json!({"email": "load@example.com", "password": "load test password", "traits": {"name": "Load"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = registered["session_token"].as_str().unwrap().to_owned();
+    let token = register(&client, &base, "load@example.com").await;
     let ws_url = format!("{}/api/chat/ws", base.replacen("http", "ws", 1));
 
     // Warm-up: loads the model.

@@ -17,14 +17,14 @@
 //! after 3 s, a closed connection at once).
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sting_cluster::{placement, NodeId};
 
 mod common;
-use common::{listen_url, percentile};
+use common::{listen_url, percentile, register, serve_command};
 
 const NAMES: [&str; 3] = ["a", "b", "c"];
 const CONVERSATIONS: usize = 12;
@@ -79,22 +79,14 @@ async fn start(work: &std::path::Path) -> Vec<Node> {
             0 => "[]".to_owned(),
             _ => format!("[\"127.0.0.1:{}\"]", ports[0]),
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sting"))
-            .args(["serve", "--no-tls", "--host", "127.0.0.1", "--port", "0"])
-            .arg("--data-dir")
-            .arg(work.join(name))
+        let mut child = serve_command(&work.join(name), &models_dir)
             .env("STING_NODE__NAME", name)
             .env("STING_STORE__DIR", work.join("store"))
             .env("STING_CLUSTER__ENABLED", "true")
             .env("STING_CLUSTER__COOKIE", "bench-cluster-cookie-0123456789")
             .env("STING_CLUSTER__PORT", ports[i].to_string())
             .env("STING_CLUSTER__SEEDS", &seeds)
-            .env("STING_MODELS__DIR", &models_dir)
             .env("STING_MODELS__DEFAULT_CHAT_MODEL", &model)
-            .env("STING_MODELS__AUTO_PREPARE", "false")
-            .env("STING_RATE_LIMITS__ENABLED", "false")
-            .env("STING_LOGGING__LEVEL", "warn")
-            .stdout(Stdio::piped())
             .spawn()
             .expect("start sting");
         let base = listen_url(child.stdout.take().unwrap());
@@ -138,16 +130,7 @@ async fn run(rounds: usize) {
     let client = reqwest::Client::new();
     // Let membership settle (every node hears every other).
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let registered: Value = client
-        .post(format!("{}/api/auth/register", nodes[0].base))
-        .json(&json!({"email": "bench@example.com", "password": "bench password 1", "traits": {"name": "Bench"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = registered["session_token"].as_str().unwrap().to_owned();
+    let token = register(&client, &nodes[0].base, "bench@example.com").await;
     let base_of = |name: &str| nodes.iter().find(|n| n.name == name).unwrap().base.clone();
 
     let mut conversations = Vec::new();

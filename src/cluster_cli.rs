@@ -50,28 +50,21 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<()> {
             print_status(&status);
         }
         ClusterCommand::Drain { node, target } => {
-            let body = json!({ "node": node });
-            let done = target
-                .request("POST", "/api/system/cluster/drain", Some(body))
-                .await?;
-            println!(
-                "{} is {}",
-                done["node"].as_str().unwrap_or("?"),
-                done["state"].as_str().unwrap_or("?")
-            );
+            post_command(&target, "drain", Some(node)).await?
         }
-        ClusterCommand::Leave { node, target } => {
-            let body = json!({ "node": node });
-            let done = target
-                .request("POST", "/api/system/cluster/leave", Some(body))
-                .await?;
-            println!(
-                "{} is {}",
-                done["node"].as_str().unwrap_or("?"),
-                done["state"].as_str().unwrap_or("?")
-            );
-        }
+        ClusterCommand::Leave { node, target } => post_command(&target, "leave", node).await?,
     }
+    Ok(())
+}
+
+/// Posts a drain or leave command for `node` and prints the node's new state.
+async fn post_command(target: &Target, name: &str, node: Option<String>) -> anyhow::Result<()> {
+    let path = format!("/api/system/cluster/{name}");
+    let done = target
+        .request("POST", &path, Some(json!({ "node": node })))
+        .await?;
+    let text = |v: &Value| v.as_str().unwrap_or("?").to_owned();
+    println!("{} is {}", text(&done["node"]), text(&done["state"]));
     Ok(())
 }
 

@@ -230,6 +230,27 @@ async fn conversation_owned_by(
     panic!("no conversation placed on {wanted} in 40 tries");
 }
 
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn send_frame(socket: &mut Socket, frame: Value) {
+    socket.send(Message::text(frame.to_string())).await.unwrap();
+}
+
+/// The next JSON frame (pings skipped).
+async fn next_frame(socket: &mut Socket) -> Value {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), socket.next())
+            .await
+            .expect("a frame")
+            .expect("socket open")
+            .unwrap();
+        if let Message::Text(text) = frame {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
+
 #[tokio::test]
 async fn three_nodes_serve_one_conversation_and_stream_across_nodes() {
     if !onnxruntime_available("three_nodes_serve_one_conversation_and_stream_across_nodes") {
@@ -280,21 +301,10 @@ async fn three_nodes_serve_one_conversation_and_stream_across_nodes() {
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     let mut data = message("stream it", Some(&owned_by_a), "ws-1");
     data["context"]["max_tokens"] = json!(24);
-    socket
-        .send(Message::text(
-            json!({"type": "message", "data": data}).to_string(),
-        ))
-        .await
-        .unwrap();
+    send_frame(&mut socket, json!({"type": "message", "data": data})).await;
     let (mut chunks, mut kinds) = (String::new(), Vec::new());
     let complete = loop {
-        let frame = tokio::time::timeout(Duration::from_secs(30), socket.next())
-            .await
-            .expect("a frame")
-            .expect("socket open")
-            .unwrap();
-        let Message::Text(text) = frame else { continue };
-        let frame: Value = serde_json::from_str(&text).unwrap();
+        let frame = next_frame(&mut socket).await;
         let kind = frame["type"].as_str().unwrap().to_owned();
         assert_eq!(frame["request_id"], "ws-1", "{frame}");
         if kind == "response_chunk" {
@@ -318,21 +328,10 @@ async fn three_nodes_serve_one_conversation_and_stream_across_nodes() {
     // Stopping the answer on c stops the generation on a; the partial answer is stored.
     let mut data = message("tell me a long story", Some(&owned_by_a), "ws-2");
     data["context"]["max_tokens"] = json!(180);
-    socket
-        .send(Message::text(
-            json!({"type": "message", "data": data}).to_string(),
-        ))
-        .await
-        .unwrap();
+    send_frame(&mut socket, json!({"type": "message", "data": data})).await;
     let mut cancelled = false;
     let done = loop {
-        let frame = tokio::time::timeout(Duration::from_secs(30), socket.next())
-            .await
-            .expect("a frame")
-            .expect("socket open")
-            .unwrap();
-        let Message::Text(text) = frame else { continue };
-        let frame: Value = serde_json::from_str(&text).unwrap();
+        let frame = next_frame(&mut socket).await;
         if frame["type"] == "response_chunk" && !cancelled {
             let cancel = json!({"type": "cancel", "request_id": "ws-2"});
             socket
