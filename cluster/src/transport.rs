@@ -124,3 +124,30 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ClusterError> {
     .map(|(value, _)| value)
     .map_err(|err| ClusterError::Decode(err.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::{MemberState, NodeReport};
+
+    #[test]
+    fn heartbeats_round_trip_and_bad_bytes_are_errors() {
+        let beat = Heartbeat {
+            node: NodeId::new("a"),
+            address: "127.0.0.1:5051".into(),
+            incarnation: 42,
+            state: MemberState::Draining,
+            report: NodeReport {
+                models: vec!["fixture-chat".into()],
+                conversations: 3,
+                ..NodeReport::default()
+            },
+        };
+        assert_eq!(decode::<Heartbeat>(&encode(&beat)).unwrap(), beat);
+        assert!(decode::<Heartbeat>(&[0xff; 3]).is_err());
+        // A length prefix claiming more than the cap is refused before allocating.
+        let mut huge = vec![0xfc];
+        huge.extend_from_slice(&(u32::MAX).to_le_bytes());
+        assert!(decode::<Vec<u8>>(&huge).is_err());
+    }
+}

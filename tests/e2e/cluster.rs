@@ -522,12 +522,14 @@ async fn kill_9_of_an_owner_under_load_loses_no_acknowledged_message() {
 }
 
 #[tokio::test]
-async fn a_paused_owner_is_fenced_and_drain_hands_over_without_errors() {
-    if !onnxruntime_available("a_paused_owner_is_fenced_and_drain_hands_over_without_errors") {
+async fn a_paused_owner_is_fenced_and_drain_and_leave_hand_over_without_errors() {
+    if !onnxruntime_available(
+        "a_paused_owner_is_fenced_and_drain_and_leave_hand_over_without_errors",
+    ) {
         return;
     }
     // Leases of 1 s, so the pause below outlasts them.
-    let cluster = TestCluster::start(&[("STING_CHAT__LEASE_TTL_SECS", "1")]).await;
+    let mut cluster = TestCluster::start(&[("STING_CHAT__LEASE_TTL_SECS", "1")]).await;
     let (token, _) = cluster.node("b").register("pause@example.com").await;
     let id = conversation_owned_by(&cluster, &token, "b", "a").await;
 
@@ -639,6 +641,29 @@ async fn a_paused_owner_is_fenced_and_drain_hands_over_without_errors() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+
+    // c leaves: it stops by itself, cleanly, and the others see it go.
+    assert_eq!(cluster.cli(&["leave", "c"], "a").trim(), "c is leaving");
+    let left = cluster.nodes[2].wait_exit(Duration::from_secs(40));
+    assert!(left.is_some_and(|status| status.success()), "{left:?}");
+    let status = cluster.status(0).await;
+    let c = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node"] == "c")
+        .cloned();
+    assert_eq!(c.unwrap()["state"], "down", "{status}");
+    for id in &ids {
+        say(
+            cluster.node("a"),
+            &token,
+            Some(id),
+            "after leave",
+            Duration::ZERO,
+        )
+        .await;
+    }
 }
 
 /// A CA and, for each name, a certificate for 127.0.0.1 signed by it: PEM files in `dir`.

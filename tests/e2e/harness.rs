@@ -273,6 +273,20 @@ impl TestServer {
         let _ = child.wait();
     }
 
+    /// Waits at most `timeout` for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("server running");
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// Sends a signal (`STOP`, `CONT`, ...) to the process.
     pub fn signal(&self, signal: &str) {
         let pid = self

@@ -492,3 +492,53 @@ impl WireError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sting_cluster::transport::{decode, encode};
+
+    /// Failures keep their meaning (and so their HTTP status) across the wire.
+    #[test]
+    fn turn_failures_cross_the_wire_intact() {
+        let failures = [
+            ChatError::NotFound,
+            ChatError::MessageTooLong {
+                tokens: 900,
+                budget: 800,
+                model: "m".into(),
+            },
+            ChatError::Invalid {
+                field: "context.honey_jar_ids",
+                reason: "too many".into(),
+            },
+            ModelError::Busy("m".into()).into(),
+            ModelError::ContextOverflow {
+                tokens: 5,
+                limit: 4,
+            }
+            .into(),
+            StoreError::Conflict("seq".into()).into(),
+            ChatError::Unavailable("owner down".into()),
+        ];
+        for failure in failures {
+            let expected = format!("{failure:?}");
+            let event: TurnEvent = decode(&encode(&TurnEvent::Failed(failure))).unwrap();
+            let TurnEvent::Failed(back) = event else {
+                panic!("not a failure")
+            };
+            assert_eq!(format!("{back:?}"), expected);
+        }
+        let unknown = WireError::Invalid {
+            field: "something.new".into(),
+            reason: "r".into(),
+        };
+        assert!(matches!(
+            ChatError::from(unknown),
+            ChatError::Invalid {
+                field: "request",
+                ..
+            }
+        ));
+    }
+}
