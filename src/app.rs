@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::edge::rate_limit::RateLimits;
 use crate::identity::IdentityService;
 use crate::knowledge::KnowledgeService;
+use crate::marketplace::{InvoiceProvider, MarketplaceService};
 use crate::metrics::{HostSampler, Metrics};
 
 /// Everything a request handler may need.
@@ -31,6 +32,7 @@ pub struct AppContext {
     pub models: ModelPoolHandle,
     pub chat: ConversationRegistry,
     pub knowledge: Arc<KnowledgeService>,
+    pub marketplace: MarketplaceService,
     pub rate_limits: RateLimits,
     pub metrics: Metrics,
     pub host: Arc<HostSampler>,
@@ -156,6 +158,8 @@ impl AppContext {
             }
         }
 
+        let marketplace =
+            MarketplaceService::new(store.clone(), knowledge.clone(), Arc::new(InvoiceProvider));
         let host = Arc::new(HostSampler::new(&config.data_dir));
         let join_wait = Duration::from_millis(config.cluster.join_wait_ms);
         let ctx = Arc::new(AppContext {
@@ -174,6 +178,7 @@ impl AppContext {
             identity,
             models,
             chat,
+            marketplace,
             knowledge,
         });
         cluster.set_handler(Arc::new(NodeHandler {

@@ -26,8 +26,8 @@ use sting_actors::model::{
 };
 use sting_actors::session::Identity;
 use sting_store::{
-    Chunk, Document, DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings, Page,
-    Store, StoreError, Timestamp, User, UserId, Visibility,
+    Chunk, Document, DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings, License,
+    LicenseType, Page, Store, StoreError, Timestamp, User, UserId, Visibility,
 };
 use uuid::Uuid;
 
@@ -207,6 +207,27 @@ const MAX_QUERY_CHARS: usize = 2000;
 /// Most results one search returns.
 pub const MAX_SEARCH_LIMIT: usize = 100;
 
+/// The jars `licenses` open for search: `None` for the whole jar, else the time after which its
+/// documents are not included (a `single_use` license: the documents held when it was paid).
+fn licensed_jars(licenses: &[License]) -> HashMap<JarId, Option<Timestamp>> {
+    let mut jars: HashMap<JarId, Option<Timestamp>> = HashMap::new();
+    for license in licenses {
+        let cutoff = match license.license_type {
+            LicenseType::SingleUse => Some(license.granted_at),
+            LicenseType::Personal => None,
+        };
+        jars.entry(license.jar_id)
+            .and_modify(|known| {
+                *known = match (*known, cutoff) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                }
+            })
+            .or_insert(cutoff);
+    }
+    jars
+}
+
 /// Whether `user` may read `jar`.
 pub fn can_read(jar: &HoneyJar, user: UserId, admin: bool) -> bool {
     admin
@@ -379,29 +400,78 @@ impl KnowledgeService {
         }
         let searchable =
             |jar: &HoneyJar| jar.settings.allow_search || jar.owner_id == who.user_id || who.admin;
+        // Jars bought on the marketplace are searchable through their licenses.
+        let licensed = licensed_jars(&self.store.licenses_of(who.user_id).await?);
+        let mut cutoffs = HashMap::new();
         let jars: Vec<JarId> = if request.jar_ids.is_empty() {
-            self.store
+            let mut ids: Vec<JarId> = self
+                .store
                 .readable_jars(who.user_id)
                 .await?
                 .iter()
                 .filter(|jar| searchable(jar))
                 .map(|jar| jar.id)
-                .collect()
+                .collect();
+            for (&jar, &cutoff) in &licensed {
+                if !ids.contains(&jar) {
+                    ids.push(jar);
+                    cutoffs.extend(cutoff.map(|at| (jar, at)));
+                }
+            }
+            ids
         } else {
             let mut ids = Vec::new();
             for &id in &request.jar_ids {
-                let jar = self.readable_by(who, id).await?;
-                if !searchable(&jar) {
-                    return Err(KnowledgeError::Forbidden(
-                        "this honey jar does not allow search",
-                    ));
+                match self.readable_by(who, id).await {
+                    Ok(jar) if !searchable(&jar) && !licensed.contains_key(&id) => {
+                        return Err(KnowledgeError::Forbidden(
+                            "this honey jar does not allow search",
+                        ))
+                    }
+                    Ok(_) => {}
+                    Err(KnowledgeError::NotFound(_)) if licensed.contains_key(&id) => {
+                        cutoffs.extend(licensed[&id].map(|at| (id, at)));
+                    }
+                    Err(err) => return Err(err),
                 }
-                if !ids.contains(&jar.id) {
-                    ids.push(jar.id);
+                if !ids.contains(&id) {
+                    ids.push(id);
                 }
             }
             ids
         };
+        let request = SearchRequest {
+            query: query.to_owned(),
+            ..request
+        };
+        self.run_search(&jars, request, &cutoffs).await
+    }
+
+    /// Searches a listed jar for a marketplace preview, with no reader's rights involved (the
+    /// marketplace decides who may preview; callers show only titles and snippets).
+    pub async fn preview(&self, jar: JarId, query: &str, limit: usize) -> Result<Vec<SearchHit>> {
+        let request = SearchRequest {
+            query: query.trim().to_owned(),
+            jar_ids: vec![jar],
+            document_types: Vec::new(),
+            tags: Vec::new(),
+            limit,
+        };
+        Ok(self
+            .run_search(&[jar], request, &HashMap::new())
+            .await?
+            .hits)
+    }
+
+    /// Searches `jars` (already checked); a jar in `cutoffs` shows only the documents
+    /// uploaded by then (a `single_use` license).
+    async fn run_search(
+        &self,
+        jars: &[JarId],
+        request: SearchRequest,
+        cutoffs: &HashMap<JarId, Timestamp>,
+    ) -> Result<SearchResults> {
+        let query = request.query.as_str();
         if jars.is_empty() {
             return Ok(SearchResults {
                 hits: Vec::new(),
@@ -427,10 +497,35 @@ impl KnowledgeService {
                 .collect(),
             depth: (request.limit * 5).max(50),
         };
-        let (hits, total, searched_documents) = self
-            .shards
-            .search(&jars, shard_query, request.limit)
-            .await?;
+        // Hits from after a cut-off are dropped below: ask for more so the page stays full.
+        let wanted = match cutoffs.is_empty() {
+            true => request.limit,
+            false => (request.limit * 3).min(MAX_SEARCH_LIMIT),
+        };
+        let (mut hits, total, searched_documents) =
+            self.shards.search(jars, shard_query, wanted).await?;
+        if !cutoffs.is_empty() {
+            let mut uploaded: HashMap<DocumentId, Timestamp> = HashMap::new();
+            let mut kept = Vec::new();
+            for hit in hits {
+                if let Some(cutoff) = cutoffs.get(&hit.jar_id) {
+                    let at = match uploaded.get(&hit.document_id) {
+                        Some(at) => *at,
+                        None => {
+                            let document = self.store.document(hit.document_id).await?;
+                            let at = document.map_or(Timestamp(i64::MAX), |d| d.uploaded_at);
+                            *uploaded.entry(hit.document_id).or_insert(at)
+                        }
+                    };
+                    if at > *cutoff {
+                        continue;
+                    }
+                }
+                kept.push(hit);
+            }
+            kept.truncate(request.limit);
+            hits = kept;
+        }
         Ok(SearchResults {
             hits,
             total,

@@ -6,6 +6,7 @@ mod config;
 mod edge;
 mod identity;
 mod knowledge;
+mod marketplace;
 mod metrics;
 mod models;
 mod server;

@@ -17,6 +17,7 @@ use warp::{Rejection, Reply};
 use crate::identity::IdentityError;
 use crate::knowledge::hjx::HjxError;
 use crate::knowledge::KnowledgeError;
+use crate::marketplace::MarketError;
 use sting_actors::jar_shard::ShardError;
 
 tokio::task_local! {
@@ -365,6 +366,22 @@ impl From<KnowledgeError> for ApiError {
                     "file storage operation failed",
                 )
             }
+        }
+    }
+}
+
+impl From<MarketError> for ApiError {
+    fn from(err: MarketError) -> ApiError {
+        match err {
+            MarketError::NotFound(what) => ApiError::not_found(what),
+            MarketError::Forbidden(message) => ApiError::permission_denied(message),
+            MarketError::Invalid { field, reason } => ApiError::validation(field, reason),
+            MarketError::Conflict { message, order } => {
+                ApiError::new(StatusCode::CONFLICT, "CONFLICT", message)
+                    .with_details(json!({ "order_id": order }))
+            }
+            MarketError::Store(err) => err.into(),
+            MarketError::Knowledge(err) => err.into(),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod cluster_api;
 pub mod error;
 pub mod json;
 pub mod knowledge_api;
+pub mod marketplace_api;
 pub mod models_api;
 pub mod openai_api;
 pub mod openapi;
@@ -55,6 +56,8 @@ pub fn routes(ctx: Arc<AppContext>) -> BoxedFilter<(Response,)> {
         .or(ws::routes(ctx.clone()))
         .unify()
         .or(knowledge_api::routes(ctx.clone()))
+        .unify()
+        .or(marketplace_api::routes(ctx.clone()))
         .unify()
         .or(openai_api::routes(ctx))
         .unify()

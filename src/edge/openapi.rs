@@ -8,8 +8,8 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use super::{
-    admin_api, auth_api, chat_api, cluster_api, error, knowledge_api, models_api, openai_api,
-    system_api,
+    admin_api, auth_api, chat_api, cluster_api, error, knowledge_api, marketplace_api, models_api,
+    openai_api, system_api,
 };
 
 #[derive(OpenApi)]
@@ -35,6 +35,11 @@ use super::{
         knowledge_api::upload_document, knowledge_api::list_documents,
         knowledge_api::get_document, knowledge_api::delete_document, knowledge_api::search,
         knowledge_api::ask, knowledge_api::export_jar, knowledge_api::import_jar,
+        marketplace_api::list_listings, marketplace_api::get_listing,
+        marketplace_api::create_listing, marketplace_api::update_listing,
+        marketplace_api::withdraw_listing, marketplace_api::purchase_listing,
+        marketplace_api::rate_listing, marketplace_api::preview_listing,
+        marketplace_api::list_purchases, marketplace_api::mark_paid,
         openai_api::list_models, openai_api::embeddings, openai_api::chat_completions,
         openapi_json,
     ),

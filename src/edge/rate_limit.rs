@@ -42,7 +42,9 @@ impl Category {
         Some(match segments.as_slice() {
             ["auth", ..] => Category::Auth,
             ["chat", ..] => Category::Chat,
-            ["knowledge", "search" | "ask"] => Category::Search,
+            ["knowledge", "search" | "ask"] | ["marketplace", "honey-pots", _, "preview"] => {
+                Category::Search
+            }
             ["knowledge", "honey-pots", _, "documents"] | ["knowledge", "honey-pots", "import"]
                 if method == Method::POST =>
             {

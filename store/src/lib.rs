@@ -23,9 +23,10 @@ use async_trait::async_trait;
 pub use error::StoreError;
 pub use model::{
     conversation_lease_key, Chunk, Conversation, ConversationId, ConversationSort, Document,
-    DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings, Lease, Message,
-    MessageRole, MessageStatus, Page, PruningRecord, Role, Session, SortOrder, Timestamp, User,
-    UserId, Visibility,
+    DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings, Lease, License,
+    LicenseType, Listing, ListingId, ListingQuery, ListingSort, ListingStatus, Message,
+    MessageRole, MessageStatus, Order, OrderId, OrderStatus, Page, PruningRecord, Role, Session,
+    SortOrder, Timestamp, User, UserId, Visibility,
 };
 pub use sqlite::SqliteStore;
 
@@ -241,4 +242,48 @@ pub trait Store: Send + Sync + 'static {
         after: Option<(DocumentId, u32)>,
         limit: u32,
     ) -> StoreResult<Vec<Chunk>>;
+
+    // ---- marketplace: listings, orders (a paid order is a license), ratings ----
+
+    /// Creates a listing ([`StoreError::NotFound`] when its jar is gone,
+    /// [`StoreError::Conflict`] when the id exists).
+    async fn create_listing(&self, listing: &Listing) -> StoreResult<()>;
+
+    /// Reads a listing (active or withdrawn).
+    async fn listing(&self, id: ListingId) -> StoreResult<Option<Listing>>;
+
+    /// Replaces a listing's mutable fields (title, description, price, currency, category,
+    /// license type, preview, status, updated_at); the jar, seller and ratings are left alone.
+    async fn update_listing(&self, listing: &Listing) -> StoreResult<()>;
+
+    /// One page of the *active* listings matching `query`, and how many match.
+    async fn list_listings(&self, query: &ListingQuery) -> StoreResult<(Vec<Listing>, u64)>;
+
+    /// Records an order once per (buyer, idempotency key): when the buyer used the key before,
+    /// the first order comes back and nothing is written. [`StoreError::Conflict`] when the
+    /// buyer already has another order (not cancelled) for the listing.
+    async fn place_order(&self, order: &Order) -> StoreResult<Order>;
+
+    /// Reads an order.
+    async fn order(&self, id: OrderId) -> StoreResult<Option<Order>>;
+
+    /// Marks an order paid at `at` (again: unchanged), which makes it a license.
+    /// [`StoreError::Conflict`] for a cancelled order.
+    async fn mark_order_paid(&self, id: OrderId, at: Timestamp) -> StoreResult<Order>;
+
+    /// One page of a buyer's orders (newest first), and how many they have.
+    async fn orders_of(&self, buyer: UserId, page: Page) -> StoreResult<(Vec<Order>, u64)>;
+
+    /// A buyer's licenses: their paid orders. Bounded by what one user buys.
+    async fn licenses_of(&self, buyer: UserId) -> StoreResult<Vec<License>>;
+
+    /// Sets `buyer`'s rating (1–5 stars) of a listing, replacing theirs, and moves the
+    /// listing's sum and count in the same step; returns the listing.
+    async fn rate_listing(
+        &self,
+        listing: ListingId,
+        buyer: UserId,
+        stars: u8,
+        at: Timestamp,
+    ) -> StoreResult<Listing>;
 }

@@ -432,3 +432,172 @@ pub struct Chunk {
     /// Unit vector from the jar's embedding model.
     pub embedding: Vec<f32>,
 }
+
+// ---- marketplace ----
+
+/// Identifier of a marketplace listing.
+pub type ListingId = Uuid;
+/// Identifier of a purchase order.
+pub type OrderId = Uuid;
+
+/// What a license lets its buyer read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LicenseType {
+    /// The buyer alone, and only the documents the jar held when the order was paid.
+    SingleUse,
+    /// The buyer alone, including documents the owner adds later.
+    Personal,
+}
+
+impl LicenseType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LicenseType::SingleUse => "single_use",
+            LicenseType::Personal => "personal",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LicenseType> {
+        match s {
+            "single_use" => Some(LicenseType::SingleUse),
+            "personal" => Some(LicenseType::Personal),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a listing can be bought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListingStatus {
+    Active,
+    /// Taken off the market by its seller; licenses already granted stay valid.
+    Withdrawn,
+}
+
+impl ListingStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListingStatus::Active => "active",
+            ListingStatus::Withdrawn => "withdrawn",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ListingStatus> {
+        match s {
+            "active" => Some(ListingStatus::Active),
+            "withdrawn" => Some(ListingStatus::Withdrawn),
+            _ => None,
+        }
+    }
+}
+
+/// A jar offered for sale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub id: ListingId,
+    pub jar_id: JarId,
+    pub seller_id: UserId,
+    pub title: String,
+    pub description: String,
+    /// In minor units of `currency` (cents for USD): money is never a float.
+    pub price_minor: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    pub category: String,
+    pub license_type: LicenseType,
+    pub preview_enabled: bool,
+    pub status: ListingStatus,
+    /// Sum and number of buyers' ratings (1–5 each).
+    pub rating_sum: u64,
+    pub rating_count: u64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// How listings are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListingSort {
+    Price,
+    /// Mean rating (unrated listings last).
+    Rating,
+    CreatedAt,
+}
+
+/// Which listings a marketplace page shows (active ones only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListingQuery {
+    pub category: Option<String>,
+    pub price_min_minor: Option<i64>,
+    pub price_max_minor: Option<i64>,
+    /// Mean rating at least this, in hundredths (350 = 3.5 stars).
+    pub rating_min_centi: Option<u64>,
+    /// Case-insensitive substring of the title or description.
+    pub search: Option<String>,
+    pub sort: ListingSort,
+    pub order: SortOrder,
+    pub page: Page,
+}
+
+/// Where a purchase stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Recorded; the invoice is to be paid (the built-in payment provider).
+    PendingInvoice,
+    Paid,
+    Cancelled,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::PendingInvoice => "pending_invoice",
+            OrderStatus::Paid => "paid",
+            OrderStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OrderStatus> {
+        match s {
+            "pending_invoice" => Some(OrderStatus::PendingInvoice),
+            "paid" => Some(OrderStatus::Paid),
+            "cancelled" => Some(OrderStatus::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// A purchase of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    pub id: OrderId,
+    pub listing_id: ListingId,
+    pub jar_id: JarId,
+    pub buyer_id: UserId,
+    /// The buyer's key for retries: the same key returns this order again.
+    pub idempotency_key: String,
+    /// The price when bought.
+    pub amount_minor: i64,
+    pub currency: String,
+    pub license_type: LicenseType,
+    pub payment_method: String,
+    /// Billing details as given (JSON object text).
+    pub billing: String,
+    pub status: OrderStatus,
+    pub created_at: Timestamp,
+    /// When it was paid (the license's documents cut-off for `single_use`).
+    pub paid_at: Option<Timestamp>,
+}
+
+/// A buyer's right to read a jar: an order that was paid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct License {
+    pub order_id: OrderId,
+    pub listing_id: ListingId,
+    pub jar_id: JarId,
+    pub buyer_id: UserId,
+    pub license_type: LicenseType,
+    pub granted_at: Timestamp,
+}

@@ -8,6 +8,7 @@ mod cluster;
 mod edge;
 mod harness;
 mod knowledge;
+mod marketplace;
 mod models;
 mod openai;
 mod system;

@@ -17,13 +17,13 @@ use crate::{
 // ---- shared helpers ----
 
 /// A conversion failure of column `column` (an unknown enum spelling, a malformed blob).
-fn bad_value(column: usize, what: String) -> rusqlite::Error {
+pub(super) fn bad_value(column: usize, what: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(column, Type::Text, what.into())
 }
 
 /// Runs `f` in a read transaction, so that its statements see one snapshot (a record and its
 /// lists, a page and its total). Inside a transaction already (a writer), runs `f` as is.
-fn snapshot<T>(
+pub(super) fn snapshot<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<T> {
@@ -37,7 +37,7 @@ fn snapshot<T>(
 }
 
 /// `page.offset` as SQLite wants it.
-fn offset(page: Page) -> i64 {
+pub(super) fn offset(page: Page) -> i64 {
     page.offset.min(i64::MAX as u64) as i64
 }
 
@@ -310,6 +310,7 @@ pub(super) fn update_jar(tx: &Connection, jar: &HoneyJar) -> StoreResult<()> {
 }
 
 pub(super) fn delete_jar(tx: &Connection, id: JarId) -> StoreResult<bool> {
+    super::marketplace::delete_jar_listings(tx, id)?;
     let id = id.to_string();
     tx.execute("DELETE FROM chunks WHERE jar_id = ?1", [&id])
         .map_err(map_err)?;

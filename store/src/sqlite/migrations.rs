@@ -142,6 +142,51 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (document_id, seq)
     );
     CREATE INDEX chunks_by_jar ON chunks(jar_id, document_id, seq);",
+    // 4: the marketplace. A license is a paid order (no table of its own).
+    "CREATE TABLE listings (
+        id TEXT PRIMARY KEY,
+        jar_id TEXT NOT NULL,
+        seller_id TEXT NOT NULL,
+        title TEXT NOT NULL,
+        description TEXT NOT NULL,
+        price_minor INTEGER NOT NULL,
+        currency TEXT NOT NULL,
+        category TEXT NOT NULL,
+        license_type TEXT NOT NULL,
+        preview_enabled INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        rating_sum INTEGER NOT NULL,
+        rating_count INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX listings_by_jar ON listings(jar_id);
+    CREATE INDEX listings_by_status ON listings(status, created_at, id);
+    CREATE TABLE orders (
+        id TEXT PRIMARY KEY,
+        listing_id TEXT NOT NULL,
+        jar_id TEXT NOT NULL,
+        buyer_id TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        amount_minor INTEGER NOT NULL,
+        currency TEXT NOT NULL,
+        license_type TEXT NOT NULL,
+        payment_method TEXT NOT NULL,
+        billing TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        paid_at INTEGER,
+        UNIQUE (buyer_id, idempotency_key)
+    );
+    CREATE INDEX orders_by_buyer ON orders(buyer_id, created_at, id);
+    CREATE INDEX orders_by_listing ON orders(listing_id, buyer_id);
+    CREATE TABLE ratings (
+        listing_id TEXT NOT NULL,
+        buyer_id TEXT NOT NULL,
+        stars INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (listing_id, buyer_id)
+    ) WITHOUT ROWID;",
 ];
 
 /// Applies every migration newer than the file's `user_version`, each in its own transaction.

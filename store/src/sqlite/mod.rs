@@ -4,6 +4,7 @@
 //! in-process avoids busy retries); reads spread over a few reader connections.
 
 mod knowledge;
+mod marketplace;
 mod migrations;
 
 use std::path::{Path, PathBuf};
@@ -17,9 +18,9 @@ use uuid::Uuid;
 
 use crate::{
     conversation_lease_key, Chunk, Conversation, ConversationId, ConversationSort, Document,
-    DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, Lease, Message, MessageRole,
-    MessageStatus, Page, PruningRecord, Role, Session, SortOrder, Store, StoreError, StoreResult,
-    Timestamp, User, UserId,
+    DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, Lease, License, Listing, ListingId,
+    ListingQuery, Message, MessageRole, MessageStatus, Order, OrderId, Page, PruningRecord, Role,
+    Session, SortOrder, Store, StoreError, StoreResult, Timestamp, User, UserId,
 };
 
 const READER_CONNECTIONS: usize = 4;
@@ -913,6 +914,64 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<Chunk>> {
         self.read(move |conn| knowledge::jar_chunks(conn, jar_id, after, limit))
+            .await
+    }
+
+    async fn create_listing(&self, listing: &Listing) -> StoreResult<()> {
+        let listing = listing.clone();
+        self.write(move |tx| marketplace::create_listing(tx, &listing))
+            .await
+    }
+
+    async fn listing(&self, id: ListingId) -> StoreResult<Option<Listing>> {
+        self.read(move |conn| marketplace::listing(conn, id)).await
+    }
+
+    async fn update_listing(&self, listing: &Listing) -> StoreResult<()> {
+        let listing = listing.clone();
+        self.write(move |tx| marketplace::update_listing(tx, &listing))
+            .await
+    }
+
+    async fn list_listings(&self, query: &ListingQuery) -> StoreResult<(Vec<Listing>, u64)> {
+        let query = query.clone();
+        self.read(move |conn| marketplace::list_listings(conn, &query))
+            .await
+    }
+
+    async fn place_order(&self, order: &Order) -> StoreResult<Order> {
+        let order = order.clone();
+        self.write(move |tx| marketplace::place_order(tx, &order))
+            .await
+    }
+
+    async fn order(&self, id: OrderId) -> StoreResult<Option<Order>> {
+        self.read(move |conn| marketplace::order(conn, id)).await
+    }
+
+    async fn mark_order_paid(&self, id: OrderId, at: Timestamp) -> StoreResult<Order> {
+        self.write(move |tx| marketplace::mark_order_paid(tx, id, at))
+            .await
+    }
+
+    async fn orders_of(&self, buyer: UserId, page: Page) -> StoreResult<(Vec<Order>, u64)> {
+        self.read(move |conn| marketplace::orders_of(conn, buyer, page))
+            .await
+    }
+
+    async fn licenses_of(&self, buyer: UserId) -> StoreResult<Vec<License>> {
+        self.read(move |conn| marketplace::licenses_of(conn, buyer))
+            .await
+    }
+
+    async fn rate_listing(
+        &self,
+        listing: ListingId,
+        buyer: UserId,
+        stars: u8,
+        at: Timestamp,
+    ) -> StoreResult<Listing> {
+        self.write(move |tx| marketplace::rate_listing(tx, listing, buyer, stars, at))
             .await
     }
 }

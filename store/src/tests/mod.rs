@@ -5,9 +5,10 @@ use uuid::Uuid;
 
 use crate::{
     conversation_lease_key, Chunk, Conversation, ConversationId, ConversationSort, Document,
-    DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings, Lease, Message,
-    MessageRole, MessageStatus, Page, PruningRecord, Role, Session, SortOrder, Store, StoreError,
-    Timestamp, User, UserId, Visibility,
+    DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings, Lease, LicenseType,
+    Listing, ListingId, ListingQuery, ListingSort, ListingStatus, Message, MessageRole,
+    MessageStatus, Order, OrderStatus, Page, PruningRecord, Role, Session, SortOrder, Store,
+    StoreError, Timestamp, User, UserId, Visibility,
 };
 
 /// Generates one `#[tokio::test]` per contract behaviour. `$factory` is an async expression
@@ -32,7 +33,8 @@ macro_rules! store_test_suite {
             list_jars_filters_by_reader_visibility_owner_tag_search_and_pages,
             readable_jars_follow_visibility, document_lifecycle,
             save_chunks_replaces_and_refuses_deleted_documents, jar_chunks_pages_with_a_cursor,
-            delete_jar_cascades);
+            delete_jar_cascades, listings_filter_sort_and_page, orders_are_idempotent_per_key,
+            ratings_replace_and_move_the_mean, deleting_a_jar_withdraws_its_listings);
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
         $(
@@ -1712,4 +1714,298 @@ pub async fn delete_jar_cascades(store: &dyn Store) {
         assert_eq!(&store.document_chunks(doc.id).await.unwrap(), chunks);
     }
     assert_eq!(store.jar_chunks(kept.id, None, 100).await.unwrap().len(), 4);
+}
+
+// ---- marketplace ----
+
+fn sample_listing(jar: &HoneyJar, price_minor: i64, category: &str, created: i64) -> Listing {
+    Listing {
+        id: Uuid::new_v4(),
+        jar_id: jar.id,
+        seller_id: jar.owner_id,
+        title: format!("Jar for {category}"),
+        description: "Curated knowledge".to_owned(),
+        price_minor,
+        currency: "USD".to_owned(),
+        category: category.to_owned(),
+        license_type: LicenseType::SingleUse,
+        preview_enabled: true,
+        status: ListingStatus::Active,
+        rating_sum: 0,
+        rating_count: 0,
+        created_at: Timestamp(created),
+        updated_at: Timestamp(created),
+    }
+}
+
+fn sample_order(listing: &Listing, buyer: UserId, key: &str) -> Order {
+    Order {
+        id: Uuid::new_v4(),
+        listing_id: listing.id,
+        jar_id: listing.jar_id,
+        buyer_id: buyer,
+        idempotency_key: key.to_owned(),
+        amount_minor: listing.price_minor,
+        currency: listing.currency.clone(),
+        license_type: listing.license_type,
+        payment_method: "invoice".to_owned(),
+        billing: "{}".to_owned(),
+        status: OrderStatus::PendingInvoice,
+        created_at: Timestamp(5_000),
+        paid_at: None,
+    }
+}
+
+fn listing_query(sort: ListingSort, order: SortOrder) -> ListingQuery {
+    ListingQuery {
+        category: None,
+        price_min_minor: None,
+        price_max_minor: None,
+        rating_min_centi: None,
+        search: None,
+        sort,
+        order,
+        page: Page {
+            limit: 50,
+            offset: 0,
+        },
+    }
+}
+
+fn listing_ids(listings: &[Listing]) -> Vec<ListingId> {
+    listings.iter().map(|l| l.id).collect()
+}
+
+pub async fn listings_filter_sort_and_page(store: &dyn Store) {
+    let jar = sample_jar(Uuid::new_v4());
+    store.create_jar(&jar).await.unwrap();
+    let cheap = sample_listing(&jar, 999, "business", 1);
+    let middle = sample_listing(&jar, 4_950, "science", 2);
+    let dear = sample_listing(&jar, 9_999, "business", 3);
+    for listing in [&cheap, &middle, &dear] {
+        store.create_listing(listing).await.unwrap();
+    }
+    assert!(matches!(
+        store.create_listing(&cheap).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let orphan = sample_listing(&sample_jar(jar.owner_id), 1, "x", 4);
+    assert!(matches!(
+        store.create_listing(&orphan).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(store.listing(cheap.id).await.unwrap(), Some(cheap.clone()));
+
+    let by_price = listing_query(ListingSort::Price, SortOrder::Asc);
+    let (all, total) = store.list_listings(&by_price).await.unwrap();
+    assert_eq!(listing_ids(&all), [cheap.id, middle.id, dear.id]);
+    assert_eq!(total, 3);
+    let newest = listing_query(ListingSort::CreatedAt, SortOrder::Desc);
+    let (all, _) = store.list_listings(&newest).await.unwrap();
+    assert_eq!(listing_ids(&all), [dear.id, middle.id, cheap.id]);
+
+    let business = ListingQuery {
+        category: Some("business".into()),
+        price_min_minor: Some(1_000),
+        ..by_price.clone()
+    };
+    let (found, total) = store.list_listings(&business).await.unwrap();
+    assert_eq!((listing_ids(&found), total), (vec![dear.id], 1));
+    let cheap_only = ListingQuery {
+        price_max_minor: Some(999),
+        ..by_price.clone()
+    };
+    assert_eq!(
+        listing_ids(&store.list_listings(&cheap_only).await.unwrap().0),
+        [cheap.id]
+    );
+    let search = ListingQuery {
+        search: Some("SCIENCE".into()),
+        ..by_price.clone()
+    };
+    assert_eq!(
+        listing_ids(&store.list_listings(&search).await.unwrap().0),
+        [middle.id]
+    );
+    let second_page = ListingQuery {
+        page: Page {
+            limit: 1,
+            offset: 1,
+        },
+        ..by_price.clone()
+    };
+    let (page, total) = store.list_listings(&second_page).await.unwrap();
+    assert_eq!((listing_ids(&page), total), (vec![middle.id], 3));
+
+    // A withdrawn listing is readable but no longer listed; updates leave ratings alone.
+    let withdrawn = Listing {
+        status: ListingStatus::Withdrawn,
+        title: "Gone".into(),
+        rating_sum: 99,
+        updated_at: Timestamp(10),
+        ..middle.clone()
+    };
+    store.update_listing(&withdrawn).await.unwrap();
+    let stored = store.listing(middle.id).await.unwrap().unwrap();
+    assert_eq!((stored.title.as_str(), stored.rating_sum), ("Gone", 0));
+    let (all, total) = store.list_listings(&by_price).await.unwrap();
+    assert_eq!((listing_ids(&all), total), (vec![cheap.id, dear.id], 2));
+    let unknown = sample_listing(&jar, 1, "x", 1);
+    assert!(matches!(
+        store.update_listing(&unknown).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+pub async fn orders_are_idempotent_per_key(store: &dyn Store) {
+    let jar = sample_jar(Uuid::new_v4());
+    store.create_jar(&jar).await.unwrap();
+    let listing = sample_listing(&jar, 2_500, "business", 1);
+    store.create_listing(&listing).await.unwrap();
+    let buyer = Uuid::new_v4();
+
+    let first = store
+        .place_order(&sample_order(&listing, buyer, "key-1"))
+        .await
+        .unwrap();
+    // A retry with the same key, whatever else it says, is the first order again.
+    let retry = Order {
+        amount_minor: 1,
+        ..sample_order(&listing, buyer, "key-1")
+    };
+    assert_eq!(store.place_order(&retry).await.unwrap(), first);
+    // Another key for a listing the buyer already ordered is a conflict.
+    assert!(matches!(
+        store
+            .place_order(&sample_order(&listing, buyer, "key-2"))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    // The same key from another buyer is another order.
+    let other = store
+        .place_order(&sample_order(&listing, Uuid::new_v4(), "key-1"))
+        .await
+        .unwrap();
+    assert_ne!(other.id, first.id);
+
+    assert!(store.licenses_of(buyer).await.unwrap().is_empty(), "unpaid");
+    let paid = store
+        .mark_order_paid(first.id, Timestamp(6_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        (paid.status, paid.paid_at),
+        (OrderStatus::Paid, Some(Timestamp(6_000)))
+    );
+    let again = store
+        .mark_order_paid(first.id, Timestamp(7_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.paid_at,
+        Some(Timestamp(6_000)),
+        "paying twice changes nothing"
+    );
+    let licenses = store.licenses_of(buyer).await.unwrap();
+    assert_eq!(licenses.len(), 1);
+    assert_eq!(
+        (licenses[0].jar_id, licenses[0].granted_at),
+        (jar.id, Timestamp(6_000))
+    );
+    assert_eq!(store.order(first.id).await.unwrap(), Some(paid));
+    let (orders, total) = store
+        .orders_of(
+            buyer,
+            Page {
+                limit: 10,
+                offset: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((orders.len(), total), (1, 1));
+    assert!(matches!(
+        store.mark_order_paid(Uuid::new_v4(), Timestamp(1)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+pub async fn ratings_replace_and_move_the_mean(store: &dyn Store) {
+    let jar = sample_jar(Uuid::new_v4());
+    store.create_jar(&jar).await.unwrap();
+    let rated = sample_listing(&jar, 100, "a", 1);
+    let better = sample_listing(&jar, 100, "a", 2);
+    let unrated = sample_listing(&jar, 100, "a", 3);
+    for listing in [&rated, &better, &unrated] {
+        store.create_listing(listing).await.unwrap();
+    }
+    let (ann, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    store
+        .rate_listing(rated.id, ann, 5, Timestamp(1))
+        .await
+        .unwrap();
+    let changed = store
+        .rate_listing(rated.id, ann, 3, Timestamp(2))
+        .await
+        .unwrap();
+    assert_eq!((changed.rating_sum, changed.rating_count), (3, 1));
+    let two = store
+        .rate_listing(rated.id, bob, 4, Timestamp(3))
+        .await
+        .unwrap();
+    assert_eq!((two.rating_sum, two.rating_count), (7, 2));
+    store
+        .rate_listing(better.id, ann, 5, Timestamp(4))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .rate_listing(Uuid::new_v4(), ann, 5, Timestamp(5))
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    let best_first = listing_query(ListingSort::Rating, SortOrder::Desc);
+    assert_eq!(
+        listing_ids(&store.list_listings(&best_first).await.unwrap().0),
+        [better.id, rated.id, unrated.id],
+        "unrated last"
+    );
+    let worst_first = listing_query(ListingSort::Rating, SortOrder::Asc);
+    assert_eq!(
+        listing_ids(&store.list_listings(&worst_first).await.unwrap().0),
+        [rated.id, better.id, unrated.id]
+    );
+    let at_least = ListingQuery {
+        rating_min_centi: Some(350),
+        ..best_first
+    };
+    // 3.5 exactly counts; unrated never matches a minimum.
+    assert_eq!(
+        listing_ids(&store.list_listings(&at_least).await.unwrap().0),
+        [better.id, rated.id]
+    );
+}
+
+pub async fn deleting_a_jar_withdraws_its_listings(store: &dyn Store) {
+    let jar = sample_jar(Uuid::new_v4());
+    store.create_jar(&jar).await.unwrap();
+    let listing = sample_listing(&jar, 100, "a", 1);
+    store.create_listing(&listing).await.unwrap();
+    let buyer = Uuid::new_v4();
+    let order = store
+        .place_order(&sample_order(&listing, buyer, "k"))
+        .await
+        .unwrap();
+    store
+        .rate_listing(listing.id, buyer, 4, Timestamp(1))
+        .await
+        .unwrap();
+    assert!(store.delete_jar(jar.id).await.unwrap());
+    assert_eq!(store.listing(listing.id).await.unwrap(), None);
+    assert_eq!(
+        store.order(order.id).await.unwrap(),
+        Some(order),
+        "orders stay as the buyer's history"
+    );
 }
