@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use sting_actors::conversation::shorten;
 use sting_actors::session::Identity;
 use sting_store::{
     LicenseType, Listing, ListingId, ListingQuery, ListingSort, ListingStatus, Order, OrderId,
@@ -371,7 +372,7 @@ impl MarketplaceService {
             .into_iter()
             .map(|hit| PreviewHit {
                 title: hit.title,
-                snippet: snippet(&hit.text, PREVIEW_SNIPPET_CHARS),
+                snippet: shorten(&hit.text, PREVIEW_SNIPPET_CHARS),
                 page: hit.page,
                 score: hit.score,
             })
@@ -489,17 +490,6 @@ fn check_billing(billing: &serde_json::Value) -> Result<()> {
         });
     }
     Ok(())
-}
-
-/// `text` on one line, cut to `max` characters with an ellipsis.
-fn snippet(text: &str, max: usize) -> String {
-    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if line.chars().count() <= max {
-        return line;
-    }
-    let mut cut: String = line.chars().take(max - 1).collect();
-    cut.push('…');
-    cut
 }
 
 #[cfg(test)]

@@ -587,8 +587,8 @@ fn summary_tokens(policy: &super::ChatPolicy, model: &ModelContext) -> usize {
         .max(1)
 }
 
-/// `text` on one line, cut to `max` characters with an ellipsis.
-fn shorten(text: &str, max: usize) -> String {
+/// `text` on one line, cut to `max` characters with an ellipsis (titles, previews, snippets).
+pub fn shorten(text: &str, max: usize) -> String {
     let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if line.chars().count() <= max {
         return line;

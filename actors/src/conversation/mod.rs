@@ -46,6 +46,7 @@ use crate::supervision::{ChildSupervisor, SupervisorMsg};
 use actor::{ConversationActor, ConversationMsg};
 use remote::WireError;
 
+pub use actor::shorten;
 pub use prompt::{fit_passages, system_text, Passage, TokenUsage};
 
 /// How long a quick call to a conversation actor (usage) may wait; longer for pruning, which
