@@ -325,6 +325,16 @@ impl MarketplaceService {
         }
     }
 
+    /// Every buyer's orders, oldest first, only those with `status` when given (admins: the
+    /// invoices to settle).
+    pub async fn all_orders(
+        &self,
+        status: Option<OrderStatus>,
+        page: Page,
+    ) -> Result<(Vec<Order>, u64)> {
+        Ok(self.store.list_orders(status, page).await?)
+    }
+
     /// The caller's orders, newest first.
     pub async fn purchases(&self, who: &Identity, page: Page) -> Result<(Vec<Order>, u64)> {
         Ok(self.store.orders_of(who.user_id, page).await?)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sting_actors::session::Identity;
-use sting_store::{LicenseType, Listing, ListingQuery, Order, Page};
+use sting_store::{LicenseType, Listing, ListingQuery, Order, OrderStatus, Page};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use warp::http::StatusCode;
@@ -95,6 +95,12 @@ pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
         .and(authenticated())
         .and(warp::query::<PageQuery>())
         .and_then(list_purchases);
+    let orders = warp::path!("api" / "admin" / "orders")
+        .and(warp::get())
+        .and(with_ctx(ctx.clone()))
+        .and(admin())
+        .and(warp::query::<OrdersQuery>())
+        .and_then(list_orders);
     let paid = warp::path!("api" / "admin" / "orders" / Uuid / "paid")
         .and(warp::post())
         .and(with_ctx(ctx))
@@ -115,6 +121,8 @@ pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
         .or(preview)
         .unify()
         .or(purchases)
+        .unify()
+        .or(orders)
         .unify()
         .or(paid)
         .unify()
@@ -144,6 +152,16 @@ pub struct ListingsQuery {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// 1–100 (default 20).
+    pub limit: Option<u32>,
+    pub offset: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OrdersQuery {
+    /// `pending_invoice`, `paid` or `cancelled` (default: all).
+    pub status: Option<String>,
     /// 1–100 (default 20).
     pub limit: Option<u32>,
     pub offset: Option<u64>,
@@ -594,6 +612,42 @@ pub async fn list_purchases(
     let (orders, total) = ctx
         .marketplace
         .purchases(&who, page)
+        .await
+        .map_err(reject)?;
+    Ok(warp::reply::json(&OrderPage {
+        orders: orders.iter().map(OrderView::of).collect(),
+        total,
+        limit: page.limit,
+        offset: page.offset,
+    })
+    .into_response())
+}
+
+/// Every buyer's orders, oldest first: with `status=pending_invoice`, the invoices to settle.
+#[utoipa::path(get, path = "/api/admin/orders", tag = "admin", params(OrdersQuery),
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, body = OrderPage), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
+    ))]
+pub async fn list_orders(
+    ctx: Arc<AppContext>,
+    _admin: Identity,
+    query: OrdersQuery,
+) -> Result<Response, Rejection> {
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(text) => Some(OrderStatus::parse(text).ok_or_else(|| {
+            reject(ApiError::validation(
+                "status",
+                "must be pending_invoice, paid or cancelled",
+            ))
+        })?),
+    };
+    let page = page(query.limit, query.offset, 20, MAX_PAGE)?;
+    let (orders, total) = ctx
+        .marketplace
+        .all_orders(status, page)
         .await
         .map_err(reject)?;
     Ok(warp::reply::json(&OrderPage {

@@ -39,7 +39,7 @@ use super::{
         marketplace_api::create_listing, marketplace_api::update_listing,
         marketplace_api::withdraw_listing, marketplace_api::purchase_listing,
         marketplace_api::rate_listing, marketplace_api::preview_listing,
-        marketplace_api::list_purchases, marketplace_api::mark_paid,
+        marketplace_api::list_purchases, marketplace_api::list_orders, marketplace_api::mark_paid,
         openai_api::list_models, openai_api::embeddings, openai_api::chat_completions,
         openapi_json,
     ),

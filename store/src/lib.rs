@@ -274,6 +274,14 @@ pub trait Store: Send + Sync + 'static {
     /// One page of a buyer's orders (newest first), and how many they have.
     async fn orders_of(&self, buyer: UserId, page: Page) -> StoreResult<(Vec<Order>, u64)>;
 
+    /// One page of every buyer's orders, oldest first (the queue of invoices to settle), only
+    /// those with `status` when given, and how many match.
+    async fn list_orders(
+        &self,
+        status: Option<OrderStatus>,
+        page: Page,
+    ) -> StoreResult<(Vec<Order>, u64)>;
+
     /// A buyer's licenses: their paid orders. Bounded by what one user buys.
     async fn licenses_of(&self, buyer: UserId) -> StoreResult<Vec<License>>;
 

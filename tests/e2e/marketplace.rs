@@ -268,6 +268,20 @@ async fn a_paid_purchase_grants_search_once_and_for_the_licensed_documents() {
     };
     assert_eq!(rate(buyer.clone(), 5).await.status, StatusCode::FORBIDDEN);
     let order_id = order["order_id"].as_str().unwrap();
+    // The admin finds it among the invoices to settle.
+    let queue = server
+        .get("/api/admin/orders?status=pending_invoice", Some(&admin))
+        .await;
+    assert_eq!(queue.status, StatusCode::OK, "{}", queue.body);
+    assert_eq!(queue.body["orders"][0]["order_id"], order_id);
+    assert_eq!(
+        server.get("/api/admin/orders", Some(&buyer)).await.status,
+        StatusCode::FORBIDDEN
+    );
+    server
+        .get("/api/admin/orders?status=lost", Some(&admin))
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR");
     let paid = server
         .post(
             &format!("/api/admin/orders/{order_id}/paid"),

@@ -320,6 +320,30 @@ pub(super) fn orders_of(
     })
 }
 
+pub(super) fn list_orders(
+    conn: &Connection,
+    status: Option<OrderStatus>,
+    page: Page,
+) -> rusqlite::Result<(Vec<Order>, u64)> {
+    // `?1 IS NULL` keeps one statement for "any status".
+    let status = status.map(OrderStatus::as_str);
+    snapshot(conn, |conn| {
+        let total: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM orders WHERE ?1 IS NULL OR status = ?1",
+            [status],
+            |row| row.get(0),
+        )?;
+        let mut statement = conn.prepare(&format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE ?1 IS NULL OR status = ?1
+             ORDER BY created_at, id LIMIT ?2 OFFSET ?3"
+        ))?;
+        let orders = statement
+            .query_map(params![status, page.limit, offset(page)], order_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok((orders, total as u64))
+    })
+}
+
 pub(super) fn licenses_of(conn: &Connection, buyer: UserId) -> rusqlite::Result<Vec<License>> {
     let mut statement = conn.prepare(&format!(
         "SELECT {ORDER_COLUMNS} FROM orders WHERE buyer_id = ?1 AND status = 'paid'

@@ -19,8 +19,9 @@ use uuid::Uuid;
 use crate::{
     conversation_lease_key, Chunk, Conversation, ConversationId, ConversationSort, Document,
     DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, Lease, License, Listing, ListingId,
-    ListingQuery, Message, MessageRole, MessageStatus, Order, OrderId, Page, PruningRecord, Role,
-    Session, SortOrder, Store, StoreError, StoreResult, Timestamp, User, UserId,
+    ListingQuery, Message, MessageRole, MessageStatus, Order, OrderId, OrderStatus, Page,
+    PruningRecord, Role, Session, SortOrder, Store, StoreError, StoreResult, Timestamp, User,
+    UserId,
 };
 
 const READER_CONNECTIONS: usize = 4;
@@ -956,6 +957,15 @@ impl Store for SqliteStore {
 
     async fn orders_of(&self, buyer: UserId, page: Page) -> StoreResult<(Vec<Order>, u64)> {
         self.read(move |conn| marketplace::orders_of(conn, buyer, page))
+            .await
+    }
+
+    async fn list_orders(
+        &self,
+        status: Option<OrderStatus>,
+        page: Page,
+    ) -> StoreResult<(Vec<Order>, u64)> {
+        self.read(move |conn| marketplace::list_orders(conn, status, page))
             .await
     }
 

@@ -1928,6 +1928,20 @@ pub async fn orders_are_idempotent_per_key(store: &dyn Store) {
         store.mark_order_paid(Uuid::new_v4(), Timestamp(1)).await,
         Err(StoreError::NotFound { .. })
     ));
+    // The admins' queue: the other buyer's order still waits; both are listed without a filter.
+    let page = Page {
+        limit: 10,
+        offset: 0,
+    };
+    let (pending, total) = store
+        .list_orders(Some(OrderStatus::PendingInvoice), page)
+        .await
+        .unwrap();
+    assert_eq!(
+        (pending.iter().map(|o| o.id).collect::<Vec<_>>(), total),
+        (vec![other.id], 1)
+    );
+    assert_eq!(store.list_orders(None, page).await.unwrap().1, 2);
 }
 
 pub async fn ratings_replace_and_move_the_mean(store: &dyn Store) {
