@@ -284,11 +284,12 @@ impl MarketplaceService {
             created_at: Timestamp::now(),
             paid_at: None,
         };
-        // A retry of a purchase made before the listing was withdrawn still finds its order.
-        if let Some(first) = self.existing(who.user_id, key).await? {
-            return Ok(first);
-        }
+        // The store answers a retry of an earlier purchase itself; for a listing withdrawn
+        // since, the first order is looked up here instead.
         if listing.status != ListingStatus::Active {
+            if let Some(first) = self.existing(who.user_id, key).await? {
+                return Ok(first);
+            }
             return Err(MarketError::Conflict {
                 message: "the listing is no longer for sale".into(),
                 order: None,

@@ -79,8 +79,6 @@ pub fn validate_cookie(cookie: &str) -> Result<(), ClusterError> {
 pub struct View {
     /// Members that own actors, sorted.
     pub placement: Vec<NodeId>,
-    /// Increases with every change.
-    pub version: u64,
 }
 
 /// Counters of the node's cluster traffic, read by the metrics exporter.
@@ -139,7 +137,6 @@ impl Cluster {
         let membership = Arc::new(Mutex::new(Membership::new(local, config.down_after)));
         let first = View {
             placement: vec![config.node.clone()],
-            version: 0,
         };
         let view = Arc::new(watch::Sender::new(Arc::new(first)));
         let stats = ClusterStats::default();
@@ -547,12 +544,8 @@ fn publisher(
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .placement_set();
-            view.send_modify(|current| {
-                *current = Arc::new(View {
-                    placement,
-                    version: current.version + 1,
-                });
-            });
+            // Sent even when the set is unchanged: subscribers re-check liveness on every change.
+            view.send_replace(Arc::new(View { placement }));
         }
     }
 }
