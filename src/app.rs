@@ -21,6 +21,7 @@ use crate::identity::IdentityService;
 use crate::knowledge::KnowledgeService;
 use crate::marketplace::{InvoiceProvider, MarketplaceService};
 use crate::metrics::{HostSampler, Metrics};
+use crate::passkeys::PasskeyService;
 
 /// Everything a request handler may need.
 pub struct AppContext {
@@ -33,6 +34,7 @@ pub struct AppContext {
     pub chat: ConversationRegistry,
     pub knowledge: Arc<KnowledgeService>,
     pub marketplace: MarketplaceService,
+    pub passkeys: PasskeyService,
     pub rate_limits: RateLimits,
     pub metrics: Metrics,
     pub host: Arc<HostSampler>,
@@ -89,6 +91,9 @@ impl AppContext {
             .context("starting session supervisor")?;
         let identity = IdentityService::new(store.clone(), sessions, &config.auth)
             .context("configuring password hashing")?;
+        let passkeys = PasskeyService::new(&config.webauthn, store.clone(), identity.clone())
+            .map_err(|err| anyhow::anyhow!(err))
+            .context("configuring passkeys")?;
 
         let models = ModelPoolHandle::start(config.pool_config())
             .await
@@ -179,6 +184,7 @@ impl AppContext {
             models,
             chat,
             marketplace,
+            passkeys,
             knowledge,
         });
         cluster.set_handler(Arc::new(NodeHandler {

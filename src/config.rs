@@ -21,6 +21,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "server",
     "limits",
     "auth",
+    "webauthn",
     "rate_limits",
     "models",
     "chat",
@@ -41,6 +42,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
+    pub webauthn: WebauthnConfig,
     pub rate_limits: RateLimitsConfig,
     pub models: ModelsConfig,
     pub chat: ChatConfig,
@@ -128,6 +130,16 @@ pub struct AuthConfig {
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
+}
+
+/// Passkeys: the relying party and its ceremonies.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebauthnConfig {
+    pub rp_id: String,
+    pub rp_name: String,
+    pub origins: Vec<String>,
+    pub challenge_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -317,6 +329,15 @@ impl Config {
         }
         if self.auth.session_idle_ttl_secs == 0 || self.auth.session_absolute_ttl_secs == 0 {
             return invalid("auth session ttls must be positive");
+        }
+        let webauthn = &self.webauthn;
+        if webauthn.rp_id.is_empty() || webauthn.challenge_ttl_secs == 0 {
+            return invalid("webauthn.rp_id must be set and webauthn.challenge_ttl_secs positive");
+        }
+        if webauthn.origins.is_empty() && webauthn.rp_id != "localhost" {
+            return invalid(
+                "webauthn.origins must list the site's origins unless rp_id is localhost",
+            );
         }
         let rules = [
             ("auth", self.rate_limits.auth),

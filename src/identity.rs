@@ -168,7 +168,8 @@ impl IdentityService {
         }
     }
 
-    async fn open_session(&self, user: User) -> Result<NewSession, IdentityError> {
+    /// Opens a session for a user whose credentials were checked (a password, a passkey).
+    pub(crate) async fn open_session(&self, user: User) -> Result<NewSession, IdentityError> {
         let token = random_token();
         let now = Timestamp::now();
         let policy: &SessionPolicy = self.sessions.policy();
@@ -345,7 +346,7 @@ fn hash_with(hasher: &Argon2<'_>, password: &str) -> Result<String, IdentityErro
 }
 
 /// 256 bits from the OS, URL-safe base64 without padding (43 characters).
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).expect("the OS random source is available");
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)

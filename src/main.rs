@@ -9,6 +9,7 @@ mod knowledge;
 mod marketplace;
 mod metrics;
 mod models;
+mod passkeys;
 mod server;
 mod tls;
 

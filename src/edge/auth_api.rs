@@ -183,7 +183,7 @@ pub async fn logout(ctx: Arc<AppContext>, identity: Identity) -> Result<Response
         message: "Successfully logged out".into(),
     })
     .into_response();
-    set_cookie(&mut response, &ctx.config.auth.cookie_name, "", 0);
+    set_cookie(&mut response, &ctx.config.auth.cookie_name, "", "/", 0);
     Ok(response)
 }
 
@@ -213,7 +213,8 @@ pub fn session(identity: Option<Identity>) -> Response {
     warp::reply::json(&body).into_response()
 }
 
-fn session_reply(ctx: &AppContext, new: NewSession, status: StatusCode) -> Response {
+/// A new session's answer: the token in the body and in the session cookie.
+pub(super) fn session_reply(ctx: &AppContext, new: NewSession, status: StatusCode) -> Response {
     let body = LoginResponse {
         success: true,
         session_token: new.token.clone(),
@@ -227,17 +228,25 @@ fn session_reply(ctx: &AppContext, new: NewSession, status: StatusCode) -> Respo
         &mut response,
         &ctx.config.auth.cookie_name,
         &new.token,
+        "/",
         max_age,
     );
     response
 }
 
-/// The session cookie: HttpOnly (no script access), Secure (HTTPS only; browsers treat
-/// http://localhost as secure too), SameSite=Strict (not sent on cross-site requests).
-/// Its lifetime is the absolute one: the server enforces the sliding expiry.
-fn set_cookie(response: &mut Response, name: &str, token: &str, max_age: u64) {
-    let cookie =
-        format!("{name}={token}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict");
+/// Sets a cookie that is HttpOnly (no script access), Secure (HTTPS only; browsers treat
+/// http://localhost as secure too) and SameSite=Strict (not sent on cross-site requests).
+/// The session cookie's lifetime is the absolute one: the server enforces the sliding expiry.
+pub(super) fn set_cookie(
+    response: &mut Response,
+    name: &str,
+    token: &str,
+    path: &str,
+    max_age: u64,
+) {
+    let cookie = format!(
+        "{name}={token}; Path={path}; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict"
+    );
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }

@@ -18,6 +18,7 @@ use crate::identity::IdentityError;
 use crate::knowledge::hjx::HjxError;
 use crate::knowledge::KnowledgeError;
 use crate::marketplace::MarketError;
+use crate::passkeys::PasskeyError;
 use sting_actors::jar_shard::ShardError;
 
 tokio::task_local! {
@@ -382,6 +383,35 @@ impl From<MarketError> for ApiError {
             }
             MarketError::Store(err) => err.into(),
             MarketError::Knowledge(err) => err.into(),
+        }
+    }
+}
+
+impl From<PasskeyError> for ApiError {
+    fn from(err: PasskeyError) -> ApiError {
+        let message = err.to_string();
+        match err {
+            PasskeyError::ChallengeExpired => {
+                ApiError::new(StatusCode::BAD_REQUEST, "CHALLENGE_EXPIRED", message)
+            }
+            PasskeyError::Rejected(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "PASSKEY_REJECTED", message)
+            }
+            PasskeyError::InvalidCredentials => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS", message)
+            }
+            PasskeyError::AlreadyRegistered => {
+                ApiError::new(StatusCode::CONFLICT, "CONFLICT", message)
+            }
+            PasskeyError::TooMany => ApiError::validation("credential", message),
+            PasskeyError::InvalidName(reason) => ApiError::validation("name", reason),
+            PasskeyError::NotFound => ApiError::not_found("passkey"),
+            PasskeyError::Identity(err) => err.into(),
+            PasskeyError::Store(err) => err.into(),
+            PasskeyError::State(reason) => {
+                tracing::error!(%reason, "passkey state could not be serialised");
+                ApiError::internal()
+            }
         }
     }
 }

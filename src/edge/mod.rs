@@ -14,6 +14,7 @@ pub mod openai_api;
 pub mod openapi;
 pub mod rate_limit;
 pub mod system_api;
+pub mod webauthn_api;
 pub mod ws;
 
 use std::convert::Infallible;
@@ -43,6 +44,8 @@ pub struct RequestContext {
 /// All routes, with every rejection turned into the error envelope.
 pub fn routes(ctx: Arc<AppContext>) -> BoxedFilter<(Response,)> {
     auth_api::routes(ctx.clone())
+        .or(webauthn_api::routes(ctx.clone()))
+        .unify()
         .or(system_api::routes(ctx.clone()))
         .unify()
         .or(cluster_api::routes(ctx.clone()))

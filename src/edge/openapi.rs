@@ -9,7 +9,7 @@ use warp::{Filter, Reply};
 
 use super::{
     admin_api, auth_api, chat_api, cluster_api, error, knowledge_api, marketplace_api, models_api,
-    openai_api, system_api,
+    openai_api, system_api, webauthn_api,
 };
 
 #[derive(OpenApi)]
@@ -22,6 +22,8 @@ use super::{
     ),
     paths(
         auth_api::register, auth_api::login, auth_api::logout, auth_api::session,
+        webauthn_api::register_init, webauthn_api::register_complete, webauthn_api::login_init,
+        webauthn_api::login_complete, webauthn_api::list_passkeys, webauthn_api::delete_passkey,
         system_api::health, system_api::status, system_api::metrics, system_api::prometheus,
         cluster_api::cluster_status, cluster_api::drain_node, cluster_api::leave_cluster,
         admin_api::list_users, admin_api::get_user, admin_api::update_user,

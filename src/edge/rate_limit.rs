@@ -40,6 +40,8 @@ impl Category {
         let api = path.strip_prefix("/api/")?;
         let segments: Vec<&str> = api.split('/').collect();
         Some(match segments.as_slice() {
+            // Managing one's passkeys is not a login attempt.
+            ["auth", "webauthn", "passkeys", ..] => Category::General,
             ["auth", ..] => Category::Auth,
             ["chat", ..] => Category::Chat,
             ["knowledge", "search" | "ask"] | ["marketplace", "honey-pots", _, "preview"] => {

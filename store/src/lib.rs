@@ -22,11 +22,11 @@ use async_trait::async_trait;
 
 pub use error::StoreError;
 pub use model::{
-    conversation_lease_key, Chunk, Conversation, ConversationId, ConversationSort, Document,
-    DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings, Lease, License,
-    LicenseType, Listing, ListingId, ListingQuery, ListingSort, ListingStatus, Message,
-    MessageRole, MessageStatus, Order, OrderId, OrderStatus, Page, PruningRecord, Role, Session,
-    SortOrder, Timestamp, User, UserId, Visibility,
+    conversation_lease_key, Ceremony, CeremonyKind, Chunk, Conversation, ConversationId,
+    ConversationSort, Document, DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings,
+    Lease, License, LicenseType, Listing, ListingId, ListingQuery, ListingSort, ListingStatus,
+    Message, MessageRole, MessageStatus, Order, OrderId, OrderStatus, Page, Passkey, PruningRecord,
+    Role, Session, SortOrder, Timestamp, User, UserId, Visibility,
 };
 pub use sqlite::SqliteStore;
 
@@ -294,4 +294,40 @@ pub trait Store: Send + Sync + 'static {
         stars: u8,
         at: Timestamp,
     ) -> StoreResult<Listing>;
+
+    // ---- passkeys (WebAuthn credentials) and their ceremonies ----
+
+    /// Registers a passkey. [`StoreError::Conflict`] when the credential id is registered
+    /// already (to anyone): a credential belongs to one account.
+    async fn create_passkey(&self, passkey: &Passkey) -> StoreResult<()>;
+
+    /// Reads a passkey by credential id.
+    async fn passkey(&self, credential_id: &str) -> StoreResult<Option<Passkey>>;
+
+    /// A user's passkeys, oldest first. Bounded by what one user registers.
+    async fn passkeys_of(&self, user_id: UserId) -> StoreResult<Vec<Passkey>>;
+
+    /// Records a login with a passkey: its new signature counter and serialised credential.
+    /// A compare-and-set: [`StoreError::Conflict`] when `sign_count` does not go above the
+    /// stored counter (unless both are 0: authenticators without a counter), which betrays
+    /// a cloned authenticator or a replay racing this one. [`StoreError::NotFound`] when the
+    /// passkey was deleted meanwhile.
+    async fn record_passkey_use(
+        &self,
+        credential_id: &str,
+        sign_count: u32,
+        credential: &str,
+        at: Timestamp,
+    ) -> StoreResult<()>;
+
+    /// Deletes one of `user_id`'s passkeys; `false` when they have none with this id.
+    async fn delete_passkey(&self, user_id: UserId, credential_id: &str) -> StoreResult<bool>;
+
+    /// Stores a ceremony, replacing one with the same id, and forgets ceremonies that
+    /// expired before `now` (so abandoned ones do not pile up).
+    async fn put_ceremony(&self, ceremony: &Ceremony, now: Timestamp) -> StoreResult<()>;
+
+    /// Takes a ceremony out: it is deleted whether or not it expired, and returned only when
+    /// it is still valid at `now`. At most one caller ever gets it (challenges are single-use).
+    async fn take_ceremony(&self, id: &str, now: Timestamp) -> StoreResult<Option<Ceremony>>;
 }

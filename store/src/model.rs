@@ -601,3 +601,64 @@ pub struct License {
     pub license_type: LicenseType,
     pub granted_at: Timestamp,
 }
+
+/// A passkey (WebAuthn credential) registered to a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passkey {
+    /// The credential id the authenticator chose, base64url without padding (unique).
+    pub credential_id: String,
+    pub user_id: UserId,
+    /// The user handle given to the authenticator at registration, base64url.
+    pub user_handle: String,
+    /// The owner's label for it ("laptop", "phone").
+    pub name: String,
+    /// The credential's COSE public key, as JSON (algorithm, curve, coordinates).
+    pub public_key: String,
+    /// The highest signature counter seen; an assertion must go above it (unless both are 0).
+    pub sign_count: u32,
+    /// Transports the authenticator reported ("usb", "internal", "hybrid", ...).
+    pub transports: Vec<String>,
+    /// The WebAuthn library's own serialised credential; opaque to the store.
+    pub credential: String,
+    pub created_at: Timestamp,
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// Which WebAuthn ceremony a challenge belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CeremonyKind {
+    Registration,
+    Authentication,
+}
+
+impl CeremonyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CeremonyKind::Registration => "registration",
+            CeremonyKind::Authentication => "authentication",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CeremonyKind> {
+        match s {
+            "registration" => Some(CeremonyKind::Registration),
+            "authentication" => Some(CeremonyKind::Authentication),
+            _ => None,
+        }
+    }
+}
+
+/// A WebAuthn challenge in flight: kept server-side until it is answered once or expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ceremony {
+    pub id: String,
+    pub kind: CeremonyKind,
+    /// The user the ceremony is for (registering, or logging in).
+    pub user_id: UserId,
+    /// What else must match when it is answered: the registering session's token hash, or ""
+    /// for a login (the ceremony id itself is the secret then).
+    pub binding: String,
+    /// The WebAuthn library's serialised ceremony state (challenge, allowed credentials).
+    pub state: String,
+    pub expires_at: Timestamp,
+}

@@ -11,5 +11,6 @@ mod knowledge;
 mod marketplace;
 mod models;
 mod openai;
+mod passkeys;
 mod system;
 mod ws;

@@ -187,6 +187,29 @@ pub(super) const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL,
         PRIMARY KEY (listing_id, buyer_id)
     ) WITHOUT ROWID;",
+    // 5: passkeys, and the WebAuthn ceremonies in flight (single-use challenges).
+    "CREATE TABLE passkeys (
+        credential_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        user_handle TEXT NOT NULL,
+        name TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        sign_count INTEGER NOT NULL,
+        transports TEXT NOT NULL,
+        credential TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        last_used_at INTEGER
+    );
+    CREATE INDEX passkeys_by_user ON passkeys(user_id, created_at);
+    CREATE TABLE webauthn_ceremonies (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        binding TEXT NOT NULL,
+        state TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX webauthn_ceremonies_by_expiry ON webauthn_ceremonies(expires_at);",
 ];
 
 /// Applies every migration newer than the file's `user_version`, each in its own transaction.

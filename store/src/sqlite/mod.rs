@@ -6,6 +6,7 @@
 mod knowledge;
 mod marketplace;
 mod migrations;
+mod passkeys;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,11 +18,11 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use uuid::Uuid;
 
 use crate::{
-    conversation_lease_key, Chunk, Conversation, ConversationId, ConversationSort, Document,
-    DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, Lease, License, Listing, ListingId,
-    ListingQuery, Message, MessageRole, MessageStatus, Order, OrderId, OrderStatus, Page,
-    PruningRecord, Role, Session, SortOrder, Store, StoreError, StoreResult, Timestamp, User,
-    UserId,
+    conversation_lease_key, Ceremony, Chunk, Conversation, ConversationId, ConversationSort,
+    Document, DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, Lease, License, Listing,
+    ListingId, ListingQuery, Message, MessageRole, MessageStatus, Order, OrderId, OrderStatus,
+    Page, Passkey, PruningRecord, Role, Session, SortOrder, Store, StoreError, StoreResult,
+    Timestamp, User, UserId,
 };
 
 const READER_CONNECTIONS: usize = 4;
@@ -982,6 +983,55 @@ impl Store for SqliteStore {
         at: Timestamp,
     ) -> StoreResult<Listing> {
         self.write(move |tx| marketplace::rate_listing(tx, listing, buyer, stars, at))
+            .await
+    }
+
+    async fn create_passkey(&self, passkey: &Passkey) -> StoreResult<()> {
+        let passkey = passkey.clone();
+        self.write(move |tx| passkeys::create_passkey(tx, &passkey))
+            .await
+    }
+
+    async fn passkey(&self, credential_id: &str) -> StoreResult<Option<Passkey>> {
+        let credential_id = credential_id.to_owned();
+        self.read(move |conn| passkeys::passkey(conn, &credential_id))
+            .await
+    }
+
+    async fn passkeys_of(&self, user_id: UserId) -> StoreResult<Vec<Passkey>> {
+        self.read(move |conn| passkeys::passkeys_of(conn, user_id))
+            .await
+    }
+
+    async fn record_passkey_use(
+        &self,
+        credential_id: &str,
+        sign_count: u32,
+        credential: &str,
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        let (credential_id, credential) = (credential_id.to_owned(), credential.to_owned());
+        self.write(move |tx| {
+            passkeys::record_passkey_use(tx, &credential_id, sign_count, &credential, at)
+        })
+        .await
+    }
+
+    async fn delete_passkey(&self, user_id: UserId, credential_id: &str) -> StoreResult<bool> {
+        let credential_id = credential_id.to_owned();
+        self.write(move |tx| passkeys::delete_passkey(tx, user_id, &credential_id))
+            .await
+    }
+
+    async fn put_ceremony(&self, ceremony: &Ceremony, now: Timestamp) -> StoreResult<()> {
+        let ceremony = ceremony.clone();
+        self.write(move |tx| passkeys::put_ceremony(tx, &ceremony, now))
+            .await
+    }
+
+    async fn take_ceremony(&self, id: &str, now: Timestamp) -> StoreResult<Option<Ceremony>> {
+        let id = id.to_owned();
+        self.write(move |tx| passkeys::take_ceremony(tx, &id, now))
             .await
     }
 }

@@ -4,11 +4,11 @@
 use uuid::Uuid;
 
 use crate::{
-    conversation_lease_key, Chunk, Conversation, ConversationId, ConversationSort, Document,
-    DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings, Lease, LicenseType,
-    Listing, ListingId, ListingQuery, ListingSort, ListingStatus, Message, MessageRole,
-    MessageStatus, Order, OrderStatus, Page, PruningRecord, Role, Session, SortOrder, Store,
-    StoreError, Timestamp, User, UserId, Visibility,
+    conversation_lease_key, Ceremony, CeremonyKind, Chunk, Conversation, ConversationId,
+    ConversationSort, Document, DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings,
+    Lease, LicenseType, Listing, ListingId, ListingQuery, ListingSort, ListingStatus, Message,
+    MessageRole, MessageStatus, Order, OrderStatus, Page, Passkey, PruningRecord, Role, Session,
+    SortOrder, Store, StoreError, Timestamp, User, UserId, Visibility,
 };
 
 /// Generates one `#[tokio::test]` per contract behaviour. `$factory` is an async expression
@@ -34,7 +34,9 @@ macro_rules! store_test_suite {
             readable_jars_follow_visibility, document_lifecycle,
             save_chunks_replaces_and_refuses_deleted_documents, jar_chunks_pages_with_a_cursor,
             delete_jar_cascades, listings_filter_sort_and_page, orders_are_idempotent_per_key,
-            ratings_replace_and_move_the_mean, deleting_a_jar_withdraws_its_listings);
+            ratings_replace_and_move_the_mean, deleting_a_jar_withdraws_its_listings,
+            passkeys_belong_to_one_account, passkey_counter_only_moves_up,
+            ceremonies_are_single_use_and_expire);
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
         $(
@@ -2021,5 +2023,162 @@ pub async fn deleting_a_jar_withdraws_its_listings(store: &dyn Store) {
         store.order(order.id).await.unwrap(),
         Some(order),
         "orders stay as the buyer's history"
+    );
+}
+
+fn sample_passkey(credential_id: &str, user_id: UserId, created: i64) -> Passkey {
+    Passkey {
+        credential_id: credential_id.to_owned(),
+        user_id,
+        user_handle: "aGFuZGxl".to_owned(),
+        name: format!("key {credential_id}"),
+        public_key: r#"{"type_":"ES256"}"#.to_owned(),
+        sign_count: 0,
+        transports: vec!["usb".to_owned(), "internal".to_owned()],
+        credential: format!(r#"{{"cred_id":"{credential_id}"}}"#),
+        created_at: Timestamp(created),
+        last_used_at: None,
+    }
+}
+
+pub async fn passkeys_belong_to_one_account(store: &dyn Store) {
+    let (ann, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let first = sample_passkey("cred-1", ann, 10);
+    let second = sample_passkey("cred-2", ann, 20);
+    store.create_passkey(&second).await.unwrap();
+    store.create_passkey(&first).await.unwrap();
+    assert_eq!(store.passkey("cred-1").await.unwrap(), Some(first.clone()));
+    assert_eq!(
+        store.passkeys_of(ann).await.unwrap(),
+        [first.clone(), second.clone()],
+        "oldest first"
+    );
+    assert!(store.passkeys_of(bob).await.unwrap().is_empty());
+    // The same credential cannot be registered again, by anyone.
+    let stolen = sample_passkey("cred-1", bob, 30);
+    assert!(matches!(
+        store.create_passkey(&stolen).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.passkey("cred-1").await.unwrap().unwrap().user_id, ann);
+    // Only the owner deletes it.
+    assert!(!store.delete_passkey(bob, "cred-1").await.unwrap());
+    assert!(store.delete_passkey(ann, "cred-1").await.unwrap());
+    assert!(!store.delete_passkey(ann, "cred-1").await.unwrap());
+    assert_eq!(store.passkey("cred-1").await.unwrap(), None);
+    assert_eq!(store.passkeys_of(ann).await.unwrap(), [second]);
+}
+
+pub async fn passkey_counter_only_moves_up(store: &dyn Store) {
+    let user = Uuid::new_v4();
+    store
+        .create_passkey(&sample_passkey("counted", user, 1))
+        .await
+        .unwrap();
+    store
+        .create_passkey(&sample_passkey("counterless", user, 2))
+        .await
+        .unwrap();
+    store
+        .record_passkey_use("counted", 5, "v5", Timestamp(100))
+        .await
+        .unwrap();
+    for stale in [5, 4, 0] {
+        assert!(
+            matches!(
+                store
+                    .record_passkey_use("counted", stale, "old", Timestamp(200))
+                    .await,
+                Err(StoreError::Conflict(_))
+            ),
+            "counter {stale} after 5"
+        );
+    }
+    let stored = store.passkey("counted").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            stored.sign_count,
+            stored.credential.as_str(),
+            stored.last_used_at
+        ),
+        (5, "v5", Some(Timestamp(100))),
+        "a refused use changes nothing"
+    );
+    // An authenticator without a counter always reports 0.
+    for at in [300, 400] {
+        store
+            .record_passkey_use("counterless", 0, "same", Timestamp(at))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .passkey("counterless")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        Some(Timestamp(400))
+    );
+    assert!(matches!(
+        store
+            .record_passkey_use("gone", 1, "x", Timestamp(500))
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+pub async fn ceremonies_are_single_use_and_expire(store: &dyn Store) {
+    let ceremony = |id: &str, expires_at: i64| Ceremony {
+        id: id.to_owned(),
+        kind: CeremonyKind::Authentication,
+        user_id: Uuid::nil(),
+        binding: String::new(),
+        state: format!("state of {id}"),
+        expires_at: Timestamp(expires_at),
+    };
+    let login = ceremony("login", 1_000);
+    store.put_ceremony(&login, Timestamp(0)).await.unwrap();
+    assert_eq!(
+        store.take_ceremony("login", Timestamp(999)).await.unwrap(),
+        Some(login.clone())
+    );
+    assert_eq!(
+        store.take_ceremony("login", Timestamp(999)).await.unwrap(),
+        None,
+        "a challenge is answered once"
+    );
+
+    // A new challenge under the same id replaces the old one.
+    let registration = Ceremony {
+        kind: CeremonyKind::Registration,
+        binding: "session-hash".to_owned(),
+        ..ceremony("registration", 1_000)
+    };
+    store
+        .put_ceremony(&registration, Timestamp(0))
+        .await
+        .unwrap();
+    let renewed = Ceremony {
+        state: "second".to_owned(),
+        ..registration.clone()
+    };
+    store.put_ceremony(&renewed, Timestamp(10)).await.unwrap();
+    assert_eq!(
+        store
+            .take_ceremony("registration", Timestamp(20))
+            .await
+            .unwrap(),
+        Some(renewed)
+    );
+
+    // Expired: never handed out, and gone once taken.
+    store
+        .put_ceremony(&ceremony("late", 1_000), Timestamp(0))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.take_ceremony("late", Timestamp(1_000)).await.unwrap(),
+        None
     );
 }
