@@ -84,8 +84,8 @@ pub async fn serve(ctx: Arc<AppContext>, shutdown: impl Future<Output = ()>) -> 
     Ok(())
 }
 
-/// Prints where to reach the node on stdout (logs go to stderr), for people and scripts.
-/// Prints where the API listens; returns its base URL.
+/// Prints where to reach the node on stdout (logs go to stderr), for people and scripts;
+/// returns its base URL.
 fn announce(local: SocketAddr, tls: bool) -> String {
     let scheme = if tls { "https" } else { "http" };
     let host = if local.ip().is_loopback() || local.ip().is_unspecified() {
@@ -95,6 +95,7 @@ fn announce(local: SocketAddr, tls: bool) -> String {
     };
     let url = format!("{scheme}://{host}:{}", local.port());
     println!("Sting is listening on {url}/api");
+    println!("Open {url}/ in a browser to use Sting.");
     tracing::info!(address = %local, tls, "listening");
     url
 }

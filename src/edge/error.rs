@@ -104,6 +104,16 @@ impl ApiError {
         )
     }
 
+    /// A cookie-authenticated request that did not come from a page of this origin.
+    pub fn cross_site() -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "CSRF_REJECTED",
+            "cross-site request refused: send it from this site's pages, or authenticate \
+             with an Authorization header",
+        )
+    }
+
     pub fn permission_denied(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "PERMISSION_DENIED", message)
     }

@@ -14,6 +14,7 @@ pub mod openai_api;
 pub mod openapi;
 pub mod rate_limit;
 pub mod system_api;
+pub mod web;
 pub mod webauthn_api;
 pub mod ws;
 
@@ -26,7 +27,7 @@ use sting_actors::session::Identity;
 use tower_service::Service;
 use uuid::Uuid;
 use warp::filters::BoxedFilter;
-use warp::http::{HeaderMap, HeaderValue, Request};
+use warp::http::{HeaderMap, HeaderValue, Method, Request};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
@@ -65,6 +66,8 @@ pub fn routes(ctx: Arc<AppContext>) -> BoxedFilter<(Response,)> {
         .or(openai_api::routes(ctx))
         .unify()
         .or(openapi::routes())
+        .unify()
+        .or(web::routes())
         .unify()
         .recover(error::recover)
         .unify()
@@ -151,7 +154,13 @@ where
         return (error_response(ApiError::payload_too_large(limit)), None);
     }
 
-    let identity = match session_token(request.headers(), &ctx.config.auth.cookie_name) {
+    let token = session_token(request.headers(), &ctx.config.auth.cookie_name);
+    if let Some(SessionToken::Cookie(_)) = &token {
+        if !same_origin_or_safe(request.method(), request.headers()) {
+            return (error_response(ApiError::cross_site()), None);
+        }
+    }
+    let identity = match token.map(SessionToken::into_inner) {
         Some(token) => match ctx.identity.sessions().authenticate(&token).await {
             Ok(identity) => identity,
             Err(err) => return (error_response(ApiError::from(err)), None),
@@ -194,8 +203,53 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// Where the request's session token came from.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SessionToken {
+    Bearer(String),
+    /// The browser sent it by itself, so the request may have been forged by another site.
+    Cookie(String),
+}
+
+impl SessionToken {
+    pub fn into_inner(self) -> String {
+        match self {
+            SessionToken::Bearer(token) | SessionToken::Cookie(token) => token,
+        }
+    }
+}
+
+/// CSRF protection for cookie-authenticated requests (OWASP's "verify the origin with standard
+/// headers"): a request that changes state, or opens a WebSocket, must come from a page of
+/// this origin. Browsers say where a request comes from in `Sec-Fetch-Site` (or, older ones,
+/// `Origin`); a client that sends neither is not a browser, and cannot be made to send a
+/// victim's cookie. The session cookie is SameSite=Strict as well.
+fn same_origin_or_safe(method: &Method, headers: &HeaderMap) -> bool {
+    let websocket = headers
+        .get(warp::http::header::UPGRADE)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) && !websocket {
+        return true;
+    }
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if let Some(site) = text("sec-fetch-site") {
+        return matches!(site, "same-origin" | "none");
+    }
+    match (text("origin"), text("host")) {
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host)),
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
+}
+
 /// The session token: `Authorization: Bearer …` first, else the session cookie.
-fn session_token(headers: &HeaderMap, cookie_name: &str) -> Option<String> {
+pub fn session_token(headers: &HeaderMap, cookie_name: &str) -> Option<SessionToken> {
     let bearer = headers
         .get(warp::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -205,7 +259,7 @@ fn session_token(headers: &HeaderMap, cookie_name: &str) -> Option<String> {
         })
         .filter(|token| !token.is_empty());
     if let Some(token) = bearer {
-        return Some(token.to_owned());
+        return Some(SessionToken::Bearer(token.to_owned()));
     }
     headers
         .get_all(warp::http::header::COOKIE)
@@ -214,7 +268,7 @@ fn session_token(headers: &HeaderMap, cookie_name: &str) -> Option<String> {
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, value)| *name == cookie_name && !value.is_empty())
-        .map(|(_, value)| value.to_owned())
+        .map(|(_, value)| SessionToken::Cookie(value.to_owned()))
 }
 
 /// The context the edge attached to the request.
@@ -307,15 +361,53 @@ mod tests {
             ("authorization", "Bearer abc"),
             ("cookie", "sting_session=xyz"),
         ]);
-        assert_eq!(session_token(&h, "sting_session").as_deref(), Some("abc"));
+        assert_eq!(
+            session_token(&h, "sting_session"),
+            Some(SessionToken::Bearer("abc".into()))
+        );
     }
 
     #[test]
     fn cookie_is_found_among_others() {
         let h = headers(&[("cookie", "theme=dark; sting_session=xyz; other=1")]);
-        assert_eq!(session_token(&h, "sting_session").as_deref(), Some("xyz"));
+        assert_eq!(
+            session_token(&h, "sting_session"),
+            Some(SessionToken::Cookie("xyz".into()))
+        );
         assert_eq!(session_token(&h, "missing"), None);
         let basic = headers(&[("authorization", "Basic Zm9v")]);
         assert_eq!(session_token(&basic, "sting_session"), None);
+    }
+
+    #[test]
+    fn cookie_requests_that_change_state_must_come_from_this_origin() {
+        let safe = |method: Method, pairs: &[(&'static str, &str)]| {
+            same_origin_or_safe(&method, &headers(pairs))
+        };
+        assert!(safe(Method::GET, &[("sec-fetch-site", "cross-site")]));
+        assert!(safe(Method::POST, &[("sec-fetch-site", "same-origin")]));
+        assert!(safe(Method::POST, &[("sec-fetch-site", "none")]));
+        assert!(!safe(Method::POST, &[("sec-fetch-site", "same-site")]));
+        assert!(!safe(Method::DELETE, &[("sec-fetch-site", "cross-site")]));
+        let same = [
+            ("origin", "https://sting.example:5050"),
+            ("host", "sting.example:5050"),
+        ];
+        assert!(safe(Method::PUT, &same));
+        let other = [
+            ("origin", "https://evil.example"),
+            ("host", "sting.example:5050"),
+        ];
+        assert!(!safe(Method::PUT, &other));
+        assert!(safe(Method::POST, &[]), "not a browser");
+        let websocket = [
+            ("upgrade", "websocket"),
+            ("origin", "https://evil.example"),
+            ("host", "sting.example"),
+        ];
+        assert!(
+            !safe(Method::GET, &websocket),
+            "cross-site WebSocket hijacking"
+        );
     }
 }

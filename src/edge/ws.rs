@@ -38,7 +38,7 @@ use super::chat_api::{MessageRequest, MessageResponse};
 use super::error::{current_request_id, ApiError, REQUEST_ID};
 use super::json::parse_json;
 use super::rate_limit::{Caller, Category};
-use super::{optional_identity, session_token, with_ctx};
+use super::{optional_identity, session_token, with_ctx, SessionToken};
 use crate::app::AppContext;
 
 /// A socket without a session must authenticate this soon.
@@ -64,7 +64,8 @@ pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
                 let chat = &ctx.config.chat;
                 let token = identity
                     .as_ref()
-                    .and_then(|_| session_token(&headers, &ctx.config.auth.cookie_name));
+                    .and_then(|_| session_token(&headers, &ctx.config.auth.cookie_name))
+                    .map(SessionToken::into_inner);
                 let upgrade_id = current_request_id();
                 ws.max_frame_size(chat.ws_max_frame_bytes)
                     .max_message_size(chat.ws_max_frame_bytes)

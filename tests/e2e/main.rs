@@ -3,6 +3,7 @@
 
 mod admin;
 mod auth;
+mod browser;
 mod chat;
 mod cluster;
 mod edge;
@@ -13,4 +14,5 @@ mod models;
 mod openai;
 mod passkeys;
 mod system;
+mod web;
 mod ws;

@@ -1,0 +1,84 @@
+// Sting's web app: a hash router over the screens in views/, and who is signed in.
+import { api } from './lib/api.js';
+import { h } from './lib/dom.js';
+import { signInView, signUpView } from './views/auth.js';
+import { accountView } from './views/account.js';
+
+// First path segment -> screen. `public` screens are for signed-out visitors.
+const routes = {
+  signin: { title: 'Sign in', view: signInView, public: true },
+  signup: { title: 'Create account', view: signUpView, public: true },
+  account: { title: 'Account', view: accountView, nav: 'Account' },
+};
+const HOME = 'account';
+
+export const app = {
+  user: null,
+  go(path) {
+    if (location.hash === '#/' + path) render();
+    else location.hash = '#/' + path;
+  },
+  signedIn(user) {
+    app.user = user;
+    app.go(HOME);
+  },
+  async signOut() {
+    try {
+      await api('POST', '/api/auth/logout');
+    } finally {
+      app.user = null;
+      app.go('signin');
+    }
+  },
+};
+
+function renderNav(current) {
+  const nav = document.getElementById('nav');
+  if (!app.user) {
+    nav.replaceChildren();
+    return;
+  }
+  const links = Object.entries(routes)
+    .filter(([, route]) => route.nav && (!route.admin || app.user.role === 'admin'))
+    .map(([name, route]) => h('a', {
+      href: '#/' + name,
+      'aria-current': name === current ? 'page' : undefined,
+    }, route.nav));
+  const signOut = h('a', { href: '#/signin', onclick: (event) => { event.preventDefault(); app.signOut(); } }, 'Sign out');
+  nav.replaceChildren(...links, signOut);
+}
+
+let renderSeq = 0;
+async function render() {
+  const seq = ++renderSeq;
+  const [name, ...params] = location.hash.replace(/^#\/?/, '').split('/');
+  const route = routes[name];
+  if (!route) return app.go(app.user ? HOME : 'signin');
+  if (!route.public && !app.user) return app.go('signin');
+  if (route.public && app.user) return app.go(HOME);
+  renderNav(name);
+  document.title = route.title + ' · Sting';
+  const main = document.getElementById('main');
+  let content;
+  try {
+    content = await route.view(app, params.map(decodeURIComponent));
+  } catch (error) {
+    if (error.status === 401) {
+      app.user = null;
+      return app.go('signin');
+    }
+    content = h('p', { class: 'alert error', role: 'alert' }, error.message);
+  }
+  if (seq !== renderSeq) return; // a newer navigation won
+  main.replaceChildren(content);
+  main.focus();
+}
+
+async function start() {
+  const session = await api('GET', '/api/auth/session').catch(() => null);
+  app.user = session && session.authenticated ? session.user : null;
+  window.addEventListener('hashchange', render);
+  render();
+}
+
+start();
