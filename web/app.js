@@ -1,19 +1,31 @@
 // Sting's web app: a hash router over the screens in views/, and who is signed in.
 import { api } from './lib/api.js';
 import { h } from './lib/dom.js';
-import { signInView, signUpView } from './views/auth.js';
 import { accountView } from './views/account.js';
+import { adminView } from './views/admin.js';
+import { askView } from './views/ask.js';
+import { signInView, signUpView } from './views/auth.js';
+import { chatView } from './views/chat.js';
+import { jarsView } from './views/jars.js';
+import { marketView } from './views/market.js';
 
 // First path segment -> screen. `public` screens are for signed-out visitors.
 const routes = {
   signin: { title: 'Sign in', view: signInView, public: true },
   signup: { title: 'Create account', view: signUpView, public: true },
+  chat: { title: 'Chat', view: chatView, nav: 'Chat' },
+  jars: { title: 'Honey jars', view: jarsView, nav: 'Honey jars' },
+  ask: { title: 'Search and ask', view: askView, nav: 'Ask' },
+  market: { title: 'Marketplace', view: marketView, nav: 'Marketplace' },
   account: { title: 'Account', view: accountView, nav: 'Account' },
+  admin: { title: 'Administration', view: adminView, nav: 'Admin', admin: true },
 };
-const HOME = 'account';
+const HOME = 'chat';
 
 export const app = {
   user: null,
+  // A message for the next screen (an action's outcome that navigates).
+  flash: null,
   go(path) {
     if (location.hash === '#/' + path) render();
     else location.hash = '#/' + path;
@@ -56,6 +68,7 @@ async function render() {
   if (!route) return app.go(app.user ? HOME : 'signin');
   if (!route.public && !app.user) return app.go('signin');
   if (route.public && app.user) return app.go(HOME);
+  if (route.admin && app.user.role !== 'admin') return app.go(HOME);
   renderNav(name);
   document.title = route.title + ' · Sting';
   const main = document.getElementById('main');
@@ -71,6 +84,10 @@ async function render() {
   }
   if (seq !== renderSeq) return; // a newer navigation won
   main.replaceChildren(content);
+  if (app.flash) {
+    main.prepend(h('p', { class: 'alert ok', role: 'status' }, app.flash));
+    app.flash = null;
+  }
   main.focus();
 }
 

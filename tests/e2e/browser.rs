@@ -29,7 +29,12 @@ pub struct Browser {
     session: String,
     /// Uncaught exceptions and console errors of the page, for the test to check.
     page_errors: Arc<Mutex<Vec<String>>>,
+    /// The text frames the page's WebSockets received, in order.
+    socket_frames: Arc<Mutex<Vec<Value>>>,
 }
+
+/// Ids of the commands the event reader sends by itself (dialog answers), apart from ours.
+const READER_IDS: u64 = 1 << 40;
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -85,9 +90,12 @@ impl Browser {
         });
         let pending: Pending = Arc::default();
         let page_errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let socket_frames: Arc<Mutex<Vec<Value>>> = Arc::default();
         {
             let (pending, page_errors) = (pending.clone(), page_errors.clone());
+            let (socket_frames, outgoing) = (socket_frames.clone(), outgoing.clone());
             tokio::spawn(async move {
+                let mut reader_id = READER_IDS;
                 while let Some(Ok(message)) = stream.next().await {
                     let Message::Text(text) = message else {
                         continue;
@@ -99,8 +107,28 @@ impl Browser {
                         if let Some(reply) = pending.lock().unwrap().remove(&id) {
                             let _ = reply.send(value);
                         }
-                    } else if let Some(error) = page_error(&value) {
-                        page_errors.lock().unwrap().push(error);
+                        continue;
+                    }
+                    match value["method"].as_str() {
+                        // confirm() before a deletion: the test says yes.
+                        Some("Page.javascriptDialogOpening") => {
+                            reader_id += 1;
+                            let answer = json!({"id": reader_id, "method": "Page.handleJavaScriptDialog",
+                                "params": {"accept": true}, "sessionId": value["sessionId"]});
+                            let _ = outgoing.send(Message::Text(answer.to_string().into()));
+                        }
+                        Some("Network.webSocketFrameReceived") => {
+                            let payload = value["params"]["response"]["payloadData"].as_str();
+                            if let Some(frame) = payload.and_then(|p| serde_json::from_str(p).ok())
+                            {
+                                socket_frames.lock().unwrap().push(frame);
+                            }
+                        }
+                        _ => {
+                            if let Some(error) = page_error(&value) {
+                                page_errors.lock().unwrap().push(error);
+                            }
+                        }
                     }
                 }
             });
@@ -113,6 +141,7 @@ impl Browser {
             next_id: Default::default(),
             session: String::new(),
             page_errors,
+            socket_frames,
         };
         let target = browser
             .command(None, "Target.createTarget", json!({"url": "about:blank"}))
@@ -125,7 +154,7 @@ impl Browser {
             )
             .await;
         browser.session = attached["sessionId"].as_str().unwrap().to_owned();
-        for domain in ["Page.enable", "Runtime.enable"] {
+        for domain in ["Page.enable", "Runtime.enable", "Network.enable"] {
             browser.send(domain, json!({})).await;
         }
         Some(browser)
@@ -228,10 +257,18 @@ impl Browser {
         .await;
     }
 
-    /// Saves a PNG of the page under `target/tmp/screenshots/` and returns its path.
+    /// Saves a PNG of the whole page (not only what is in view) under
+    /// `target/tmp/screenshots/` and returns its path.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
+        let metrics = self.send("Page.getLayoutMetrics", json!({})).await;
+        let size = &metrics["cssContentSize"];
         let shot = self
-            .send("Page.captureScreenshot", json!({"format": "png"}))
+            .send(
+                "Page.captureScreenshot",
+                json!({"format": "png", "captureBeyondViewport": true, "clip": {
+                    "x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1,
+                }}),
+            )
             .await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(shot["data"].as_str().unwrap())
@@ -272,6 +309,52 @@ impl Browser {
             )
             .await;
         listed["credentials"].as_array().unwrap().clone()
+    }
+
+    /// Gives a file input a file from disk, as choosing it in the file dialog would.
+    pub async fn set_file(&self, selector: &str, path: &Path) {
+        let input = self
+            .send(
+                "Runtime.evaluate",
+                json!({ "expression": format!("document.querySelector({})", json!(selector)) }),
+            )
+            .await;
+        self.send(
+            "DOM.setFileInputFiles",
+            json!({"files": [path], "objectId": input["result"]["objectId"]}),
+        )
+        .await;
+    }
+
+    /// Shows the page as a phone would (390 CSS pixels wide), or as a desktop again.
+    pub async fn phone_width(&self, phone: bool) {
+        if phone {
+            self.send(
+                "Emulation.setDeviceMetricsOverride",
+                json!({"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true}),
+            )
+            .await;
+        } else {
+            self.send("Emulation.clearDeviceMetricsOverride", json!({}))
+                .await;
+        }
+    }
+
+    /// Fails unless every form control on the page has a label (or an aria-label).
+    pub async fn assert_labelled(&self, screen: &str) {
+        let unlabelled = self
+            .eval(
+                "[...document.querySelectorAll('input, select, textarea')] \
+                 .filter((el) => el.type !== 'hidden' && !el.labels.length && !el.getAttribute('aria-label')) \
+                 .map((el) => el.outerHTML)",
+            )
+            .await;
+        assert_eq!(unlabelled, json!([]), "{screen}: controls without a label");
+    }
+
+    /// The frames the page's WebSockets received so far.
+    pub fn socket_frames(&self) -> Vec<Value> {
+        self.socket_frames.lock().unwrap().clone()
     }
 
     pub fn page_errors(&self) -> Vec<String> {
