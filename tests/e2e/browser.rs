@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use sha2::Digest;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -40,8 +41,10 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Browser {
     /// Starts Chromium with one blank page, or `None` (after saying why) when it is not
-    /// installed and not required.
-    pub async fn launch(test: &str) -> Option<Browser> {
+    /// installed and not required. With `trusted_cert` (a PEM file), that certificate is
+    /// trusted as a real one would be: pages served with it are secure contexts without
+    /// certificate errors.
+    pub async fn launch(test: &str, trusted_cert: Option<&Path>) -> Option<Browser> {
         let executable =
             std::env::var("STING_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         if !Path::new(&executable).exists() {
@@ -70,6 +73,10 @@ impl Browser {
                 "--remote-debugging-port=0",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(
+                trusted_cert
+                    .map(|pem| format!("--ignore-certificate-errors-spki-list={}", spki_hash(pem))),
+            )
             .arg("about:blank")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -383,6 +390,21 @@ async fn devtools_endpoint(profile: &Path) -> String {
         assert!(Instant::now() < deadline, "chromium did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The base64 SHA-256 of a certificate's public key, as Chromium's SPKI allow-list takes it.
+fn spki_hash(pem: &Path) -> String {
+    let text = std::fs::read_to_string(pem).expect("certificate file");
+    let body: String = text
+        .lines()
+        .filter(|line| !line.starts_with("-----"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("PEM body");
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("X.509 certificate");
+    let digest = sha2::Sha256::digest(cert.tbs_certificate.subject_pki.raw);
+    base64::engine::general_purpose::STANDARD.encode(digest)
 }
 
 /// An uncaught exception or a console error of the page, from a CDP event.

@@ -70,10 +70,13 @@ async fn app_is_served_with_a_strict_policy() {
 
 #[tokio::test]
 async fn passkeys_in_a_real_browser() {
-    let Some(browser) = Browser::launch("passkeys_in_a_real_browser").await else {
+    // Over HTTPS, with the certificate Sting generated, as a deployment would serve it.
+    let server = crate::harness::ServerOptions::new().tls().start().await;
+    let cert = server.data_dir.join("tls/cert.pem");
+    let Some(browser) = Browser::launch("passkeys_in_a_real_browser", Some(&cert)).await else {
         return;
     };
-    let server = TestServer::start().await;
+    assert!(server.base.starts_with("https://"));
     let authenticator = browser.add_virtual_authenticator().await;
     let app = app_url(&server);
 
@@ -166,7 +169,8 @@ async fn people_use_the_platform_from_the_browser() {
     if !crate::harness::onnxruntime_available("people_use_the_platform_from_the_browser") {
         return;
     }
-    let Some(browser) = Browser::launch("people_use_the_platform_from_the_browser").await else {
+    let Some(browser) = Browser::launch("people_use_the_platform_from_the_browser", None).await
+    else {
         return;
     };
     // A short system prompt leaves the fixture model's small context room for sources.
@@ -209,6 +213,27 @@ async fn people_use_the_platform_from_the_browser() {
         .wait_for("document.querySelector('#token-usage').value > 0")
         .await;
     browser.screenshot("chat").await;
+
+    // Answers render as markdown, and HTML in them stays text.
+    let rendered = browser
+        .eval(
+            r#"import('/assets/lib/markdown.js').then((m) => {
+                const el = document.createElement('div');
+                m.renderMarkdown(el, '<img src=x onerror=alert(1)> **bold** `code` [x](javascript:alert(1))\n\n```\nlet a = "<b>";\n```');
+                return el.innerHTML;
+            })"#,
+        )
+        .await;
+    let rendered = rendered.as_str().unwrap();
+    for expected in [
+        "&lt;img src=x onerror=alert(1)&gt;",
+        "<strong>bold</strong>",
+        "<code>code</code>",
+        "<pre><code>let a = \"&lt;b&gt;\";",
+    ] {
+        assert!(rendered.contains(expected), "{expected} not in {rendered}");
+    }
+    assert!(!rendered.contains("href=\"javascript"), "{rendered}");
 
     // A honey jar, a PDF uploaded into it, processed.
     open(&browser, "jars", "#create-jar").await;
