@@ -144,12 +144,7 @@ impl PasskeyService {
             state: to_json(&state)?,
             expires_at: self.expiry(),
         };
-        self.store.put_ceremony(&ceremony, Timestamp::now()).await?;
-        Ok(Challenge {
-            options,
-            ceremony_id: ceremony.id,
-            expires_at: ceremony.expires_at,
-        })
+        self.keep(ceremony, options).await
     }
 
     /// Verifies the authenticator's new credential against the session's challenge and
@@ -235,12 +230,7 @@ impl PasskeyService {
             state: to_json(&state)?,
             expires_at: self.expiry(),
         };
-        self.store.put_ceremony(&ceremony, Timestamp::now()).await?;
-        Ok(Challenge {
-            options,
-            ceremony_id: ceremony.id,
-            expires_at: ceremony.expires_at,
-        })
+        self.keep(ceremony, options).await
     }
 
     /// Verifies the authenticator's assertion against the ceremony's challenge and opens a
@@ -305,6 +295,16 @@ impl PasskeyService {
             true => Ok(()),
             false => Err(PasskeyError::NotFound),
         }
+    }
+
+    /// Stores a ceremony until it is answered, and hands out its challenge.
+    async fn keep<T>(&self, ceremony: Ceremony, options: T) -> Result<Challenge<T>, PasskeyError> {
+        self.store.put_ceremony(&ceremony, Timestamp::now()).await?;
+        Ok(Challenge {
+            options,
+            ceremony_id: ceremony.id,
+            expires_at: ceremony.expires_at,
+        })
     }
 
     async fn take(&self, id: &str, kind: CeremonyKind) -> Result<Ceremony, PasskeyError> {

@@ -9,7 +9,9 @@ use sting_actors::conversation::{
     ChatError, TurnEvent, TurnOutcome, TurnRequest, TurnStream, UsageReport,
 };
 use sting_actors::session::Identity;
-use sting_store::{Conversation, ConversationSort, Message, PruningRecord, SortOrder};
+use sting_store::{
+    Conversation, ConversationQuery, ConversationSort, Message, PruningRecord, SortOrder,
+};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use warp::reply::Response;
@@ -22,6 +24,7 @@ use crate::app::AppContext;
 
 /// Largest page of a listing or a history.
 const MAX_PAGE: u32 = 1000;
+const MAX_SEARCH_CHARS: usize = 200;
 
 pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
     let limit = ctx.config.limits.max_body_bytes;
@@ -300,6 +303,8 @@ pub struct ListQuery {
     pub sort: Option<String>,
     /// `asc` or `desc` (default).
     pub order: Option<String>,
+    /// Only conversations whose title contains this (case-insensitive), at most 200 characters.
+    pub search: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -343,7 +348,7 @@ pub struct ConversationList {
     responses(
         (status = 200, body = ConversationList),
         (status = 401, body = ErrorEnvelope),
-        (status = 422, description = "bad limit, sort or order", body = ErrorEnvelope),
+        (status = 422, description = "bad limit, sort, order or search", body = ErrorEnvelope),
     ))]
 pub async fn list_conversations(
     ctx: Arc<AppContext>,
@@ -366,11 +371,24 @@ pub async fn list_conversations(
         "asc" => SortOrder::Asc,
         _ => return Err(reject(ApiError::validation("order", "must be asc or desc"))),
     };
-    let (conversations, total) = ctx
-        .chat
-        .list(who.user_id, sort, order, page)
-        .await
-        .map_err(reject)?;
+    let search = query
+        .search
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    if search.is_some_and(|s| s.chars().count() > MAX_SEARCH_CHARS) {
+        return Err(reject(ApiError::validation(
+            "search",
+            format!("at most {MAX_SEARCH_CHARS} characters"),
+        )));
+    }
+    let query = ConversationQuery {
+        sort,
+        order,
+        search: search.map(str::to_owned),
+        page,
+    };
+    let (conversations, total) = ctx.chat.list(who.user_id, &query).await.map_err(reject)?;
     Ok(warp::reply::json(&ConversationList {
         conversations: conversations.iter().map(ConversationSummary::of).collect(),
         total,

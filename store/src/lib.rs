@@ -23,10 +23,10 @@ use async_trait::async_trait;
 pub use error::StoreError;
 pub use model::{
     conversation_lease_key, Ceremony, CeremonyKind, Chunk, Conversation, ConversationId,
-    ConversationSort, Document, DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings,
-    Lease, License, LicenseType, Listing, ListingId, ListingQuery, ListingSort, ListingStatus,
-    Message, MessageRole, MessageStatus, Order, OrderId, OrderStatus, Page, Passkey, PruningRecord,
-    Role, Session, SortOrder, Timestamp, User, UserId, Visibility,
+    ConversationQuery, ConversationSort, Document, DocumentId, DocumentStatus, HoneyJar, JarId,
+    JarQuery, JarSettings, Lease, License, LicenseType, Listing, ListingId, ListingQuery,
+    ListingSort, ListingStatus, Message, MessageRole, MessageStatus, Order, OrderId, OrderStatus,
+    Page, Passkey, PruningRecord, Role, Session, SortOrder, Timestamp, User, UserId, Visibility,
 };
 pub use sqlite::SqliteStore;
 
@@ -153,13 +153,11 @@ pub trait Store: Send + Sync + 'static {
     /// Reads a conversation's record.
     async fn conversation(&self, id: ConversationId) -> StoreResult<Option<Conversation>>;
 
-    /// One page of a user's conversations in the given order, and how many they have.
+    /// One page of a user's conversations matching `query`, in its order, and how many match.
     async fn list_conversations(
         &self,
         user_id: UserId,
-        sort: ConversationSort,
-        order: SortOrder,
-        page: Page,
+        query: &ConversationQuery,
     ) -> StoreResult<(Vec<Conversation>, u64)>;
 
     /// Up to `limit` messages of a conversation with `seq >= from_seq`, in order.

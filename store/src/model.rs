@@ -207,6 +207,16 @@ pub struct Message {
     pub created_at: Timestamp,
 }
 
+/// Which of a user's conversations a listing returns, in which order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationQuery {
+    pub sort: ConversationSort,
+    pub order: SortOrder,
+    /// Case-insensitive substring of the title.
+    pub search: Option<String>,
+    pub page: Page,
+}
+
 /// Which timestamp orders a conversation listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConversationSort {

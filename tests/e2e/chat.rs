@@ -146,7 +146,23 @@ async fn listings_page_and_sort() {
         [ids[1].clone(), ids[2].clone(), ids[0].clone()]
     );
 
-    for bad in ["?sort=title", "?order=up", "?limit=0", "?limit=5000"] {
+    let searched = list("?search=GAMMA").await;
+    assert_eq!(ids_in(&searched), [ids[2].clone()]);
+    assert_eq!(searched["total"], 1);
+    assert_eq!(
+        list("?search=%25").await["total"],
+        0,
+        "a wildcard is a character"
+    );
+
+    let too_long = format!("?search={}", "x".repeat(201));
+    for bad in [
+        "?sort=title",
+        "?order=up",
+        "?limit=0",
+        "?limit=5000",
+        &too_long,
+    ] {
         server
             .get(&format!("/api/chat/conversations{bad}"), Some(&token))
             .await

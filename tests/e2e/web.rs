@@ -212,6 +212,14 @@ async fn people_use_the_platform_from_the_browser() {
     browser
         .wait_for("document.querySelector('#token-usage').value > 0")
         .await;
+    browser.fill("#conversation-search", "no such title").await;
+    browser
+        .wait_for("document.querySelector('#conversation-list').innerText.includes('No conversation matches')")
+        .await;
+    browser.fill("#conversation-search", "HELLO bee").await;
+    browser
+        .wait_for("document.querySelector('#conversation-list [data-conversation]')")
+        .await;
     browser.screenshot("chat").await;
 
     // Answers render as markdown, and HTML in them stays text.

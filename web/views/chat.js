@@ -21,19 +21,24 @@ export async function chatView(app, [conversationId]) {
   const list = h('ul', { class: 'list conversations', id: 'conversation-list', 'aria-label': 'Conversations' });
   let summaries = conversations.conversations;
   function renderList() {
-    const needle = search.value.trim().toLowerCase();
-    const shown = summaries.filter((c) => !needle
-      || c.title.toLowerCase().includes(needle) || c.last_message.toLowerCase().includes(needle));
-    list.replaceChildren(...(shown.length ? shown.map((c) => h('li', { 'data-conversation': c.id },
+    const searching = search.value.trim() !== '';
+    list.replaceChildren(...(summaries.length ? summaries.map((c) => h('li', { 'data-conversation': c.id },
       h('a', { href: '#/chat/' + c.id, 'aria-current': c.id === current ? 'page' : undefined },
         h('strong', {}, c.title || 'New conversation'),
         h('span', { class: 'muted snippet' }, c.last_message)),
       h('button', { type: 'button', class: 'danger small', 'aria-label': 'Delete conversation ' + c.title, onclick: () => remove(c) }, 'Delete')))
-      : [h('li', { class: 'muted' }, needle ? 'No conversation matches.' : 'No conversations yet.')]));
+      : [h('li', { class: 'muted' }, searching ? 'No conversation matches.' : 'No conversations yet.')]));
   }
-  search.addEventListener('input', renderList);
+  // The server searches every conversation's title, not only the ones shown.
+  let searchTimer = null;
+  search.addEventListener('input', () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(() => refreshList().catch((error) => showError(status, describe(error))), 250);
+  });
   async function refreshList() {
-    const page = await api('GET', '/api/chat/conversations?limit=100&sort=updated_at&order=desc');
+    const query = new URLSearchParams({ limit: '100', sort: 'updated_at', order: 'desc' });
+    if (search.value.trim()) query.set('search', search.value.trim().slice(0, 200));
+    const page = await api('GET', '/api/chat/conversations?' + query);
     summaries = page.conversations;
     renderList();
     const shown = summaries.find((c) => c.id === current);
@@ -147,7 +152,6 @@ export async function chatView(app, [conversationId]) {
     };
     const honeyJarIds = jarChoices.map((label) => label.querySelector('input')).filter((c) => c.checked).map((c) => c.value);
     send.disabled = true;
-    stop.disabled = false;
     try {
       running = await startTurn({
         message: text,
@@ -181,6 +185,7 @@ export async function chatView(app, [conversationId]) {
           finish();
         }
       });
+      stop.disabled = false;
     } catch (error) {
       showError(status, describe(error));
       finish();

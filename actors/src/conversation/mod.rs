@@ -31,8 +31,8 @@ use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 use sting_cluster::Cluster;
 use sting_store::{
-    conversation_lease_key, Conversation, ConversationId, ConversationSort, Message, MessageStatus,
-    Page, PruningRecord, SortOrder, Store, StoreError, UserId,
+    conversation_lease_key, Conversation, ConversationId, ConversationQuery, Message,
+    MessageStatus, PruningRecord, Store, StoreError, UserId,
 };
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -491,15 +491,9 @@ impl ConversationRegistry {
     pub async fn list(
         &self,
         user_id: UserId,
-        sort: ConversationSort,
-        order: SortOrder,
-        page: Page,
+        query: &ConversationQuery,
     ) -> Result<(Vec<Conversation>, u64), ChatError> {
-        Ok(self
-            .shared
-            .store
-            .list_conversations(user_id, sort, order, page)
-            .await?)
+        Ok(self.shared.store.list_conversations(user_id, query).await?)
     }
 
     /// Stops every conversation actor (releasing their leases) and waits for them.

@@ -42,7 +42,7 @@ pub(super) fn offset(page: Page) -> i64 {
 }
 
 /// A `LIKE` pattern matching `text` as a literal substring (with `ESCAPE '\'`).
-fn like_substring(text: &str) -> String {
+pub(super) fn like_substring(text: &str) -> String {
     let mut pattern = String::with_capacity(text.len() + 2);
     pattern.push('%');
     for c in text.chars() {

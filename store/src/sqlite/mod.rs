@@ -18,11 +18,11 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use uuid::Uuid;
 
 use crate::{
-    conversation_lease_key, Ceremony, Chunk, Conversation, ConversationId, ConversationSort,
-    Document, DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, Lease, License, Listing,
-    ListingId, ListingQuery, Message, MessageRole, MessageStatus, Order, OrderId, OrderStatus,
-    Page, Passkey, PruningRecord, Role, Session, SortOrder, Store, StoreError, StoreResult,
-    Timestamp, User, UserId,
+    conversation_lease_key, Ceremony, Chunk, Conversation, ConversationId, ConversationQuery,
+    ConversationSort, Document, DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, Lease,
+    License, Listing, ListingId, ListingQuery, Message, MessageRole, MessageStatus, Order, OrderId,
+    OrderStatus, Page, Passkey, PruningRecord, Role, Session, SortOrder, Store, StoreError,
+    StoreResult, Timestamp, User, UserId,
 };
 
 const READER_CONNECTIONS: usize = 4;
@@ -753,33 +753,36 @@ impl Store for SqliteStore {
     async fn list_conversations(
         &self,
         user_id: UserId,
-        sort: ConversationSort,
-        order: SortOrder,
-        page: Page,
+        query: &ConversationQuery,
     ) -> StoreResult<(Vec<Conversation>, u64)> {
-        let column = match sort {
+        let column = match query.sort {
             ConversationSort::CreatedAt => "created_at",
             ConversationSort::UpdatedAt => "updated_at",
         };
-        let direction = match order {
+        let direction = match query.order {
             SortOrder::Asc => "ASC",
             SortOrder::Desc => "DESC",
         };
+        // SQLite's LIKE folds ASCII case only.
+        let pattern = knowledge::like_substring(query.search.as_deref().unwrap_or(""));
+        let page = query.page;
         self.read(move |conn| {
             let user_id = user_id.to_string();
+            let filter = "user_id = ?1 AND title LIKE ?2 ESCAPE '\\'";
             let total: i64 = conn.query_row(
-                "SELECT COUNT(*) FROM conversations WHERE user_id = ?1",
-                [&user_id],
+                &format!("SELECT COUNT(*) FROM conversations WHERE {filter}"),
+                params![user_id, pattern],
                 |row| row.get(0),
             )?;
             let mut stmt = conn.prepare(&format!(
-                "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE user_id = ?1
-                 ORDER BY {column} {direction}, id {direction} LIMIT ?2 OFFSET ?3"
+                "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE {filter}
+                 ORDER BY {column} {direction}, id {direction} LIMIT ?3 OFFSET ?4"
             ))?;
             let conversations = stmt
                 .query_map(
                     params![
                         user_id,
+                        pattern,
                         page.limit as i64,
                         page.offset.min(i64::MAX as u64) as i64
                     ],

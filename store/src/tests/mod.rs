@@ -5,10 +5,11 @@ use uuid::Uuid;
 
 use crate::{
     conversation_lease_key, Ceremony, CeremonyKind, Chunk, Conversation, ConversationId,
-    ConversationSort, Document, DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings,
-    Lease, LicenseType, Listing, ListingId, ListingQuery, ListingSort, ListingStatus, Message,
-    MessageRole, MessageStatus, Order, OrderStatus, Page, Passkey, PruningRecord, Role, Session,
-    SortOrder, Store, StoreError, Timestamp, User, UserId, Visibility,
+    ConversationQuery, ConversationSort, Document, DocumentId, DocumentStatus, HoneyJar, JarId,
+    JarQuery, JarSettings, Lease, LicenseType, Listing, ListingId, ListingQuery, ListingSort,
+    ListingStatus, Message, MessageRole, MessageStatus, Order, OrderStatus, Page, Passkey,
+    PruningRecord, Role, Session, SortOrder, Store, StoreError, Timestamp, User, UserId,
+    Visibility,
 };
 
 /// Generates one `#[tokio::test]` per contract behaviour. `$factory` is an async expression
@@ -633,12 +634,31 @@ pub async fn message_retry_is_idempotent_and_seq_clash_conflicts(store: &dyn Sto
     );
 }
 
+fn conversation_query(
+    sort: ConversationSort,
+    order: SortOrder,
+    limit: u32,
+    offset: u64,
+) -> ConversationQuery {
+    ConversationQuery {
+        sort,
+        order,
+        search: None,
+        page: Page { limit, offset },
+    }
+}
+
 pub async fn list_conversations_sorts_and_pages(store: &dyn Store) {
     let user = Uuid::new_v4();
     // (created_at, updated_at): creation order c0, c1, c2; update order c1, c2, c0.
     let mut ids = Vec::new();
-    for (created, updated) in [(1_000, 5_000), (2_000, 3_000), (3_000, 4_000)] {
+    let titles = ["Hive plans", "Winter HIVE check", "Lavender 100%_done"];
+    for (i, (created, updated)) in [(1_000, 5_000), (2_000, 3_000), (3_000, 4_000)]
+        .into_iter()
+        .enumerate()
+    {
         let conversation = Conversation {
+            title: titles[i].to_owned(),
             created_at: Timestamp(created),
             updated_at: Timestamp(updated),
             ..sample_conversation(user, Uuid::new_v4())
@@ -647,16 +667,13 @@ pub async fn list_conversations_sorts_and_pages(store: &dyn Store) {
         create_conversation(store, &conversation, &[]).await;
     }
     let stranger = Conversation {
+        title: "Hive plans".to_owned(),
         created_at: Timestamp(2_500),
         updated_at: Timestamp(3_500),
         ..sample_conversation(Uuid::new_v4(), Uuid::new_v4())
     };
     create_conversation(store, &stranger, &[]).await;
 
-    let all = Page {
-        limit: 10,
-        offset: 0,
-    };
     let cases = [
         (ConversationSort::CreatedAt, SortOrder::Asc, [0, 1, 2]),
         (ConversationSort::CreatedAt, SortOrder::Desc, [2, 1, 0]),
@@ -665,7 +682,7 @@ pub async fn list_conversations_sorts_and_pages(store: &dyn Store) {
     ];
     for (sort, order, expected) in cases {
         let (page, total) = store
-            .list_conversations(user, sort, order, all)
+            .list_conversations(user, &conversation_query(sort, order, 10, 0))
             .await
             .unwrap();
         assert_eq!(total, 3);
@@ -676,43 +693,35 @@ pub async fn list_conversations_sorts_and_pages(store: &dyn Store) {
         );
     }
 
-    let (page, total) = store
-        .list_conversations(
-            user,
-            ConversationSort::UpdatedAt,
-            SortOrder::Desc,
-            Page {
-                limit: 1,
-                offset: 1,
-            },
-        )
-        .await
-        .unwrap();
+    let second = conversation_query(ConversationSort::UpdatedAt, SortOrder::Desc, 1, 1);
+    let (page, total) = store.list_conversations(user, &second).await.unwrap();
     assert_eq!(total, 3);
     assert_eq!(page.iter().map(|c| c.id).collect::<Vec<_>>(), vec![ids[2]]);
 
-    let (past_end, total) = store
-        .list_conversations(
-            user,
-            ConversationSort::CreatedAt,
-            SortOrder::Asc,
-            Page {
-                limit: 2,
-                offset: 3,
-            },
-        )
-        .await
-        .unwrap();
-    assert!(past_end.is_empty());
+    let past_end = conversation_query(ConversationSort::CreatedAt, SortOrder::Asc, 2, 3);
+    let (page, total) = store.list_conversations(user, &past_end).await.unwrap();
+    assert!(page.is_empty());
     assert_eq!(total, 3);
 
+    // Title search: any case, wildcards taken literally, the user's own conversations only.
+    for (search, expected) in [("hive", vec![0, 1]), ("%_", vec![2]), ("nothing", vec![])] {
+        let query = ConversationQuery {
+            search: Some(search.to_owned()),
+            ..conversation_query(ConversationSort::CreatedAt, SortOrder::Asc, 10, 0)
+        };
+        let (page, total) = store.list_conversations(user, &query).await.unwrap();
+        let found: Vec<_> = page.iter().map(|c| c.id).collect();
+        let expected: Vec<_> = expected.iter().map(|&i| ids[i]).collect();
+        assert_eq!(
+            (found, total),
+            (expected.clone(), expected.len() as u64),
+            "{search}"
+        );
+    }
+
+    let all = conversation_query(ConversationSort::CreatedAt, SortOrder::Asc, 10, 0);
     let (theirs, total) = store
-        .list_conversations(
-            stranger.user_id,
-            ConversationSort::CreatedAt,
-            SortOrder::Asc,
-            all,
-        )
+        .list_conversations(stranger.user_id, &all)
         .await
         .unwrap();
     assert_eq!((theirs, total), (vec![stranger], 1));
