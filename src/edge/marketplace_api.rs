@@ -289,6 +289,11 @@ pub struct OrderView {
     pub order_id: Uuid,
     pub listing_id: Uuid,
     pub honey_jar_id: Uuid,
+    /// Orders are shown to their buyer and to admins only, who see these too (to invoice).
+    pub buyer_id: Uuid,
+    /// The billing details as the buyer gave them.
+    #[schema(value_type = Object)]
+    pub billing_address: serde_json::Value,
     pub amount: String,
     pub amount_minor: i64,
     pub currency: String,
@@ -308,6 +313,8 @@ impl OrderView {
             order_id: order.id,
             listing_id: order.listing_id,
             honey_jar_id: order.jar_id,
+            buyer_id: order.buyer_id,
+            billing_address: serde_json::from_str(&order.billing).unwrap_or_default(),
             amount: format_price(order.amount_minor),
             amount_minor: order.amount_minor,
             currency: order.currency.clone(),

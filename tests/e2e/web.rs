@@ -422,5 +422,39 @@ async fn people_use_the_platform_from_the_browser() {
         );
     }
     browser.screenshot("admin").await;
+
+    // The admin settles Bob's invoice; Bob's searches now reach Ann's jar, and he rates it.
+    browser.click("#admin-invoices button").await;
+    browser
+        .wait_for(
+            "document.querySelector('#admin-invoices').innerText.includes('No invoice is waiting')",
+        )
+        .await;
+    sign_out(&browser).await;
+    browser.fill("input[name=email]", "bob@example.com").await;
+    browser
+        .fill("input[name=password]", "correct horse battery")
+        .await;
+    browser.click("#signin-password").await;
+    browser.wait_for("location.hash === '#/chat'").await;
+    open(&browser, "market", "#purchases [data-order] form").await;
+    browser
+        .click("#purchases [data-order] button[type=submit]")
+        .await;
+    browser
+        .wait_for("document.querySelector('#listings').innerText.includes('★ 5.0 (1)')")
+        .await;
+    open(&browser, "ask", "#ask").await;
+    browser
+        .fill("#ask-question", "What is the lavender meadow protocol?")
+        .await;
+    browser.click("#search").await;
+    browser
+        .wait_for("document.querySelector('#results-title') && document.querySelector('#results-title').innerText !== '0 results'")
+        .await;
+    let found = browser
+        .eval("document.querySelector('#ask-results').innerText")
+        .await;
+    assert!(found.as_str().unwrap().contains("handbook"), "{found}");
     assert_eq!(browser.page_errors(), Vec::<String>::new());
 }

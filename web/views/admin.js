@@ -5,13 +5,14 @@ import { alertBox, formatTime, h, showError } from '../lib/dom.js';
 
 export async function adminView(app) {
   const status = alertBox();
-  const [health, system, metrics, cluster, models, users] = await Promise.all([
+  const [health, system, metrics, cluster, models, users, invoices] = await Promise.all([
     api('GET', '/api/system/health'),
     api('GET', '/api/system/status'),
     api('GET', '/api/system/metrics'),
     api('GET', '/api/system/cluster'),
     api('GET', '/api/chat/models'),
     api('GET', '/api/admin/users?limit=200'),
+    api('GET', '/api/admin/orders?status=pending_invoice&limit=100'),
   ]);
   const act = (work, done) => async () => {
     try {
@@ -40,8 +41,22 @@ export async function adminView(app) {
       table('Services', ['service', 'state'], services)),
     h('section', { class: 'card', id: 'admin-cluster', 'aria-labelledby': 'cluster-title' },
       h('h2', { id: 'cluster-title' }, 'Cluster members'),
-      table(cluster.networked ? 'Nodes of the cluster' : 'A single node', ['node', 'state', 'conversations', 'shards', 'models', 'CPU'],
-        cluster.members.map((m) => [m.node + (m.local ? ' (this node)' : ''), m.state, m.conversations, m.shards, m.loaded_models.join(', ') || '—', m.cpu_percent.toFixed(0) + '%']))),
+      table(cluster.networked ? 'Nodes of the cluster' : 'A single node', ['node', 'state', 'conversations', 'shards', 'models', 'CPU', ''],
+        cluster.members.map((m) => [m.node + (m.local ? ' (this node)' : ''), m.state, m.conversations, m.shards, m.loaded_models.join(', ') || '—', m.cpu_percent.toFixed(0) + '%',
+          cluster.networked && m.state === 'up'
+            ? h('span', {},
+              h('button', { type: 'button', class: 'secondary small', onclick: command('drain', m.node, 'Drain ' + m.node + '? It hands its conversations and shards to the others.') }, 'Drain'), ' ',
+              h('button', { type: 'button', class: 'danger small', onclick: command('leave', m.node, 'Make ' + m.node + ' leave the cluster? Its process exits.') }, 'Leave'))
+            : '']))),
+    h('section', { class: 'card', id: 'admin-invoices', 'aria-labelledby': 'invoices-title' },
+      h('h2', { id: 'invoices-title' }, 'Invoices to settle'),
+      h('p', { class: 'muted' }, 'Marketplace orders are paid by invoice; marking one paid opens the honey jar to its buyer.'),
+      invoices.orders.length
+        ? table('Pending invoices (' + invoices.total + ')', ['ordered', 'amount', 'billed to', ''],
+          invoices.orders.map((o) => [formatTime(o.created_at), o.amount + ' ' + o.currency,
+            [o.billing_address.name, ' <', o.billing_address.email, '>, ', o.billing_address.address, ', ', o.billing_address.zip, ' ', o.billing_address.city].join(''),
+            h('button', { type: 'button', class: 'small', onclick: act(() => api('POST', '/api/admin/orders/' + o.order_id + '/paid'), 'Order marked paid; the buyer has access.') }, 'Mark paid')]))
+        : h('p', { class: 'muted' }, 'No invoice is waiting.')),
     h('section', { class: 'card', id: 'admin-models', 'aria-labelledby': 'models-title' },
       h('h2', { id: 'models-title' }, 'Models'),
       table('Models (' + models.loaded_models.length + ' of at most ' + models.max_loaded + ' loaded)', ['model', 'capabilities', 'status', ''],
@@ -53,8 +68,20 @@ export async function adminView(app) {
       h('h2', { id: 'users-title' }, 'Users (', users.total, ')'),
       table('Accounts', ['name', 'email', 'role', 'state', 'since', ''],
         users.users.map((u) => [u.name, u.email, u.role, u.active ? 'active' : 'deactivated', formatTime(u.created_at),
-          u.id === app.user.id ? h('span', { class: 'muted' }, 'you')
-            : u.active
-              ? h('button', { type: 'button', class: 'danger small', onclick: act(() => api('POST', '/api/admin/users/' + u.id + '/deactivate'), u.email + ' deactivated; their sessions are revoked.') }, 'Deactivate')
-              : h('button', { type: 'button', class: 'small', onclick: act(() => api('POST', '/api/admin/users/' + u.id + '/activate'), u.email + ' activated.') }, 'Activate')]))));
+          u.id === app.user.id ? h('span', { class: 'muted' }, 'you') : userActions(u)]))));
+
+  function userActions(u) {
+    const role = u.role === 'admin' ? 'user' : 'admin';
+    return h('span', {},
+      h('button', { type: 'button', class: 'secondary small', onclick: act(() => api('PUT', '/api/admin/users/' + u.id, { role }), u.email + ' is now ' + (role === 'admin' ? 'an admin.' : 'a user.')) },
+        role === 'admin' ? 'Make admin' : 'Make user'), ' ',
+      u.active
+        ? h('button', { type: 'button', class: 'danger small', onclick: act(() => api('POST', '/api/admin/users/' + u.id + '/deactivate'), u.email + ' deactivated; their sessions are revoked.') }, 'Deactivate')
+        : h('button', { type: 'button', class: 'small', onclick: act(() => api('POST', '/api/admin/users/' + u.id + '/activate'), u.email + ' activated.') }, 'Activate'));
+  }
+
+  function command(name, node, question) {
+    const run = act(() => api('POST', '/api/system/cluster/' + name, { node }), node + ': ' + name + ' started.');
+    return () => confirm(question) && run();
+  }
 }

@@ -25,7 +25,10 @@ export async function askView() {
       h('button', { type: 'button', class: 'secondary', id: 'search', onclick: search }, 'Search')));
 
   const selected = () => choices.map((label) => label.querySelector('input')).filter((c) => c.checked).map((c) => c.value);
-  const sourceLink = (jarId, documentId, text) => h('a', { href: '#/jars/' + jarId + '/' + documentId }, text);
+  // A jar read through a marketplace license answers, but its pages are not the buyer's to open.
+  const sourceLink = (jarId, documentId, text) => names.has(jarId)
+    ? h('a', { href: '#/jars/' + jarId + '/' + documentId }, text)
+    : h('span', {}, text);
 
   form.addEventListener('submit', (event) => {
     event.preventDefault();
@@ -43,7 +46,7 @@ export async function askView() {
               sourceLink(source.honey_jar_id, source.document_id, source.title),
               source.page ? ' · page ' + source.page : '',
               source.section ? ' · ' + source.section : '',
-              ' · ', names.get(source.honey_jar_id) || 'honey jar')))
+              ' · ', names.get(source.honey_jar_id) || 'a licensed honey jar')))
             : h('p', { class: 'muted' }, 'No source matched: the answer is not grounded in your documents.')));
       } catch (error) {
         showError(status, describe(error));

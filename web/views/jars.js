@@ -55,7 +55,40 @@ export async function jarsView(app, [jarId, ...rest]) {
     h('section', { class: 'card', 'aria-labelledby': 'my-jars' }, h('h2', { id: 'my-jars' }, 'Mine'), jarList(mine, 'My honey jars')),
     others.length ? h('section', { class: 'card', 'aria-labelledby': 'other-jars' },
       h('h2', { id: 'other-jars' }, 'Shared with me and public'), jarList(others, 'Other honey jars')) : null,
-    form);
+    form,
+    importForm(app));
+}
+
+// A jar exported from Sting (an .hjx archive) comes back with its documents and embeddings.
+function importForm(app) {
+  const status = alertBox();
+  const file = h('input', { type: 'file', id: 'import-file', name: 'import-file', accept: '.hjx', required: true });
+  const [nameLabel, name] = field('Name (optional; default: the archive\'s)', { name: 'import-name' });
+  const bar = h('progress', { max: 100, value: 0, hidden: true, 'aria-label': 'Import progress' });
+  const form = h('form', { class: 'card', 'aria-labelledby': 'import-title' },
+    h('h2', { id: 'import-title' }, 'Import a honey jar'),
+    h('label', { for: 'import-file' }, 'Archive (.hjx)'), file, nameLabel, name, bar, status,
+    h('div', { class: 'row' }, h('button', { type: 'submit', id: 'import' }, 'Import')));
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    if (!file.files.length) return;
+    busy(form, async () => {
+      try {
+        bar.hidden = false;
+        const body = new FormData();
+        body.append('file', file.files[0]);
+        if (name.value.trim()) body.append('name', name.value.trim());
+        const jar = await upload('/api/knowledge/honey-pots/import', body, (fraction) => (bar.value = fraction * 100));
+        app.flash = 'Imported ' + jar.imported_documents + ' documents.';
+        app.go('jars/' + jar.id);
+      } catch (error) {
+        showError(status, describe(error));
+      } finally {
+        bar.hidden = true;
+      }
+    });
+  });
+  return form;
 }
 
 async function jarView(app, jarId, highlighted) {
@@ -127,7 +160,9 @@ function uploadForm(jarId, status, refresh) {
     busy(form, async () => {
       try {
         bar.hidden = false;
-        await upload('/api/knowledge/honey-pots/' + jarId + '/documents', file.files[0], (fraction) => (bar.value = fraction * 100));
+        const body = new FormData();
+        body.append('file', file.files[0]);
+        await upload('/api/knowledge/honey-pots/' + jarId + '/documents', body, (fraction) => (bar.value = fraction * 100));
         showOk(status, 'Uploaded; processing…');
         file.value = '';
         await refresh();
@@ -143,10 +178,8 @@ function uploadForm(jarId, status, refresh) {
 }
 
 // fetch() reports no upload progress; XMLHttpRequest does.
-function upload(path, file, onProgress) {
+function upload(path, form, onProgress) {
   return new Promise((resolve, reject) => {
-    const form = new FormData();
-    form.append('file', file);
     const request = new XMLHttpRequest();
     request.open('POST', path);
     request.responseType = 'json';
@@ -171,6 +204,7 @@ function settingsForm(app, jar, status) {
     sharesLabel, shares,
     h('div', { class: 'row' },
       h('button', { type: 'submit', id: 'save-access' }, 'Save access'),
+      h('a', { class: 'button secondary', href: '/api/knowledge/honey-pots/' + jar.id + '/export', download: '' }, 'Download as .hjx'),
       h('button', { type: 'button', class: 'danger', id: 'delete-jar', onclick: removeJar }, 'Delete jar')));
   form.addEventListener('submit', (event) => {
     event.preventDefault();

@@ -8,6 +8,7 @@ const SORTS = [['created_at', 'Newest'], ['price', 'Price'], ['rating', 'Rating'
 export async function marketView(app) {
   const status = alertBox();
   const listings = h('ul', { class: 'list', id: 'listings', 'aria-label': 'Listings' });
+  const titles = new Map(); // listing id -> title, for the purchases list
   const [searchLabel, search] = field('Search', { type: 'search', name: 'market-search' });
   const [categoryLabel, category] = field('Category', { name: 'market-category' });
   const sort = h('select', { id: 'market-sort', name: 'sort' }, SORTS.map(([v, label]) => h('option', { value: v }, label)));
@@ -25,6 +26,7 @@ export async function marketView(app) {
     if (search.value.trim()) query.set('search', search.value.trim());
     if (category.value.trim()) query.set('category', category.value.trim());
     const page = await api('GET', '/api/marketplace/honey-pots?' + query);
+    for (const listing of page.listings) titles.set(listing.id, listing.title);
     listings.replaceChildren(...(page.listings.length ? page.listings.map(listingRow) : [h('li', { class: 'muted' }, 'No listings match.')]));
   }
 
@@ -37,13 +39,55 @@ export async function marketView(app) {
         h('div', { class: 'muted' }, listing.price, ' ', listing.currency, ' · ', listing.category, ' · ',
           listing.license_type.replace('_', ' '), ' · ',
           listing.rating === null ? 'not rated yet' : '★ ' + listing.rating.toFixed(1) + ' (' + listing.rating_count + ')')),
-      mine ? h('span', { class: 'muted' }, 'Your listing')
-        : h('button', { type: 'button', onclick: () => item.append(purchaseForm(listing, item)) }, 'Buy'));
+      mine
+        ? h('span', {}, h('span', { class: 'muted' }, 'Your listing '),
+          h('button', { type: 'button', class: 'danger small', onclick: () => withdraw(listing) }, 'Withdraw'))
+        : h('span', {},
+          listing.preview_enabled ? h('button', { type: 'button', class: 'secondary', onclick: () => attach(item, previewForm(listing)) }, 'Preview') : null, ' ',
+          h('button', { type: 'button', onclick: () => attach(item, purchaseForm(listing)) }, 'Buy')));
     return item;
   }
 
-  function purchaseForm(listing, item) {
+  // One open form per listing: a new one replaces the last.
+  function attach(item, form) {
     item.querySelector('form')?.remove();
+    item.append(form);
+    form.querySelector('input')?.focus();
+  }
+
+  async function withdraw(listing) {
+    if (!confirm('Withdraw "' + listing.title + '"? Buyers keep their licenses.')) return;
+    try {
+      await api('DELETE', '/api/marketplace/honey-pots/' + listing.id);
+      await load();
+    } catch (error) {
+      showError(status, describe(error));
+    }
+  }
+
+  function previewForm(listing) {
+    const [label, query] = field('Search the jar', { type: 'search', name: 'preview-query', required: true });
+    const results = h('ol', { class: 'sources', 'aria-live': 'polite' });
+    const result = alertBox();
+    const form = h('form', { class: 'preview', 'aria-label': 'Preview ' + listing.title },
+      label, query, result, h('div', { class: 'row' }, h('button', { type: 'submit' }, 'Preview')), results);
+    form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      busy(form, async () => {
+        try {
+          const reply = await api('POST', '/api/marketplace/honey-pots/' + listing.id + '/preview', { query: query.value.trim() });
+          results.replaceChildren(...(reply.results.length
+            ? reply.results.map((r) => h('li', {}, h('strong', {}, r.title), r.page ? ' · page ' + r.page : '', h('p', { class: 'snippet' }, r.snippet)))
+            : [h('li', { class: 'muted' }, 'Nothing matches.')]));
+        } catch (error) {
+          showError(result, describe(error));
+        }
+      });
+    });
+    return form;
+  }
+
+  function purchaseForm(listing) {
     const inputs = {};
     const fields = [['name', 'Full name', 'name'], ['email', 'Email', 'email'], ['address', 'Address', 'street-address'], ['city', 'City', 'address-level2'], ['zip', 'Postal code', 'postal-code']]
       .flatMap(([key, label, autocomplete]) => {
@@ -77,10 +121,33 @@ export async function marketView(app) {
   const purchases = h('ul', { class: 'list', id: 'purchases', 'aria-label': 'My purchases' });
   async function loadPurchases() {
     const page = await api('GET', '/api/marketplace/purchases?limit=50');
-    purchases.replaceChildren(...(page.orders.length ? page.orders.map((order) => h('li', {},
-      h('div', {}, order.amount, ' ', order.currency, ' · ', order.status.replace('_', ' '), ' · ordered ', formatTime(order.created_at)),
-      order.license_active ? h('a', { href: '#/ask' }, 'Search and ask it') : h('span', { class: 'muted' }, 'awaiting payment')))
+    purchases.replaceChildren(...(page.orders.length ? page.orders.map((order) => h('li', { 'data-order': order.order_id },
+      h('div', {}, titles.get(order.listing_id) || 'Listing', ' · ', order.amount, ' ', order.currency, ' · ',
+        order.status.replace('_', ' '), ' · ordered ', formatTime(order.created_at)),
+      order.license_active
+        ? h('span', {}, h('a', { href: '#/ask' }, 'Search and ask it'), ' ', ratingForm(order))
+        : h('span', { class: 'muted' }, 'awaiting payment')))
       : [h('li', { class: 'muted' }, 'Nothing bought yet.')]));
+  }
+
+  function ratingForm(order) {
+    const id = 'rate-' + order.order_id;
+    const stars = h('select', { id, name: 'rating' }, [5, 4, 3, 2, 1].map((n) => h('option', { value: n }, n + ' ★')));
+    const form = h('form', { class: 'inline' }, h('label', { for: id, class: 'inline' }, 'Rate it'), ' ', stars, ' ',
+      h('button', { type: 'submit', class: 'small' }, 'Rate'));
+    form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      busy(form, async () => {
+        try {
+          await api('POST', '/api/marketplace/honey-pots/' + order.listing_id + '/rating', { rating: Number(stars.value) });
+          showOk(status, 'Thanks for rating.');
+          await load();
+        } catch (error) {
+          showError(status, describe(error));
+        }
+      });
+    });
+    return form;
   }
 
   await Promise.all([load(), loadPurchases()]);
