@@ -35,12 +35,10 @@ export const app = {
     app.go(HOME);
   },
   async signOut() {
-    try {
-      await api('POST', '/api/auth/logout');
-    } finally {
-      app.user = null;
-      app.go('signin');
-    }
+    // Signed out here whatever the server says (an expired session is signed out already).
+    await api('POST', '/api/auth/logout').catch(() => {});
+    app.user = null;
+    app.go('signin');
   },
 };
 
@@ -92,6 +90,11 @@ async function render() {
 }
 
 async function start() {
+  // The skip link moves focus; followed as a link, it would be a route.
+  document.querySelector('.skip').addEventListener('click', (event) => {
+    event.preventDefault();
+    document.getElementById('main').focus();
+  });
   const session = await api('GET', '/api/auth/session').catch(() => null);
   app.user = session && session.authenticated ? session.user : null;
   window.addEventListener('hashchange', render);
