@@ -14,6 +14,7 @@
 
 mod error;
 mod model;
+mod scylladb;
 mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -28,17 +29,36 @@ pub use model::{
     ListingSort, ListingStatus, Message, MessageRole, MessageStatus, Order, OrderId, OrderStatus,
     Page, Passkey, PruningRecord, Role, Session, SortOrder, Timestamp, User, UserId, Visibility,
 };
+pub use scylladb::{Replication, ScyllaConfig, ScyllaStore};
 pub use sqlite::SqliteStore;
+
+/// The store traits, to call any store method on a `dyn Store`.
+pub mod prelude {
+    pub use crate::{
+        ConversationStore, IdentityStore, KnowledgeStore, LeaseStore, MarketStore, Store,
+    };
+}
 
 /// Result of every store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// The persistence contract every backend implements.
+/// The persistence contract every backend implements: the area traits below, and these.
 ///
 /// All methods are cancel-safe in the sense that a dropped future either committed its write
-/// or left nothing behind: no partial writes.
+/// or left nothing behind: no partial writes. The areas are separate traits so that a backend
+/// is written, and contract-tested, area by area. On a `dyn Store` every method is at hand; on
+/// a backend's own type, `use sting_store::prelude::*`.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store:
+    IdentityStore
+    + LeaseStore
+    + ConversationStore
+    + KnowledgeStore
+    + MarketStore
+    + Send
+    + Sync
+    + 'static
+{
     /// A short human name of the backend, for status pages ("sqlite", "scylla").
     fn backend_name(&self) -> &'static str;
 
@@ -47,7 +67,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every acknowledged write durable and compacts logs (called at shutdown).
     async fn flush(&self) -> StoreResult<()>;
+}
 
+/// Accounts, login sessions and passkeys.
+#[async_trait]
+pub trait IdentityStore: Send + Sync + 'static {
     // ---- users ----
 
     /// Creates a user. Fails with [`StoreError::Conflict`] when the email is taken.
@@ -93,8 +117,46 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes sessions that expired before `now`; returns how many went.
     async fn delete_expired_sessions(&self, now: Timestamp) -> StoreResult<u64>;
 
-    // ---- leases: single ownership fenced by epochs ----
+    // ---- passkeys (WebAuthn credentials) and their ceremonies ----
 
+    /// Registers a passkey. [`StoreError::Conflict`] when the credential id is registered
+    /// already (to anyone): a credential belongs to one account.
+    async fn create_passkey(&self, passkey: &Passkey) -> StoreResult<()>;
+
+    /// Reads a passkey by credential id.
+    async fn passkey(&self, credential_id: &str) -> StoreResult<Option<Passkey>>;
+
+    /// A user's passkeys, oldest first. Bounded by what one user registers.
+    async fn passkeys_of(&self, user_id: UserId) -> StoreResult<Vec<Passkey>>;
+
+    /// Records a login with a passkey: its new signature counter and serialised credential.
+    /// A compare-and-set: [`StoreError::Conflict`] when `sign_count` does not go above the
+    /// stored counter (unless both are 0: authenticators without a counter), which betrays
+    /// a cloned authenticator or a replay racing this one. [`StoreError::NotFound`] when the
+    /// passkey was deleted meanwhile.
+    async fn record_passkey_use(
+        &self,
+        credential_id: &str,
+        sign_count: u32,
+        credential: &str,
+        at: Timestamp,
+    ) -> StoreResult<()>;
+
+    /// Deletes one of `user_id`'s passkeys; `false` when they have none with this id.
+    async fn delete_passkey(&self, user_id: UserId, credential_id: &str) -> StoreResult<bool>;
+
+    /// Stores a ceremony, replacing one with the same id, and forgets ceremonies that
+    /// expired before `now` (so abandoned ones do not pile up).
+    async fn put_ceremony(&self, ceremony: &Ceremony, now: Timestamp) -> StoreResult<()>;
+
+    /// Takes a ceremony out: it is deleted whether or not it expired, and returned only when
+    /// it is still valid at `now`. At most one caller ever gets it (challenges are single-use).
+    async fn take_ceremony(&self, id: &str, now: Timestamp) -> StoreResult<Option<Ceremony>>;
+}
+
+/// Single ownership of a key (a conversation, a jar shard), fenced by epochs.
+#[async_trait]
+pub trait LeaseStore: Send + Sync + 'static {
     /// Takes the lease on `key` for `owner` until `now + ttl_ms`.
     ///
     /// Succeeds when the lease is free, expired, or already held by `owner` (then it is
@@ -131,9 +193,11 @@ pub trait Store: Send + Sync + 'static {
         ttl_ms: i64,
         now: Timestamp,
     ) -> StoreResult<Lease>;
+}
 
-    // ---- conversations: written by their owner only, fenced by its lease ----
-
+/// Conversations and their messages, written by their owner only, fenced by its lease.
+#[async_trait]
+pub trait ConversationStore: Send + Sync + 'static {
     /// Writes a conversation's record together with its new messages, in one atomic step,
     /// provided `lease` is still the current tenure of the conversation's lease
     /// ([`StoreError::StaleLease`] otherwise, and nothing is written).
@@ -172,9 +236,11 @@ pub trait Store: Send + Sync + 'static {
     /// existed. Not fenced: the user's decision wins over an owner's later writes, which
     /// then fail with [`StoreError::NotFound`].
     async fn delete_conversation(&self, id: ConversationId) -> StoreResult<bool>;
+}
 
-    // ---- honey jars, documents, chunks ----
-
+/// Honey jars, their documents and the documents' chunks.
+#[async_trait]
+pub trait KnowledgeStore: Send + Sync + 'static {
     /// Creates a jar ([`StoreError::Conflict`] when the id exists).
     async fn create_jar(&self, jar: &HoneyJar) -> StoreResult<()>;
 
@@ -240,9 +306,11 @@ pub trait Store: Send + Sync + 'static {
         after: Option<(DocumentId, u32)>,
         limit: u32,
     ) -> StoreResult<Vec<Chunk>>;
+}
 
-    // ---- marketplace: listings, orders (a paid order is a license), ratings ----
-
+/// The marketplace: listings, orders (a paid order is a license) and ratings.
+#[async_trait]
+pub trait MarketStore: Send + Sync + 'static {
     /// Creates a listing ([`StoreError::NotFound`] when its jar is gone,
     /// [`StoreError::Conflict`] when the id exists).
     async fn create_listing(&self, listing: &Listing) -> StoreResult<()>;
@@ -292,40 +360,4 @@ pub trait Store: Send + Sync + 'static {
         stars: u8,
         at: Timestamp,
     ) -> StoreResult<Listing>;
-
-    // ---- passkeys (WebAuthn credentials) and their ceremonies ----
-
-    /// Registers a passkey. [`StoreError::Conflict`] when the credential id is registered
-    /// already (to anyone): a credential belongs to one account.
-    async fn create_passkey(&self, passkey: &Passkey) -> StoreResult<()>;
-
-    /// Reads a passkey by credential id.
-    async fn passkey(&self, credential_id: &str) -> StoreResult<Option<Passkey>>;
-
-    /// A user's passkeys, oldest first. Bounded by what one user registers.
-    async fn passkeys_of(&self, user_id: UserId) -> StoreResult<Vec<Passkey>>;
-
-    /// Records a login with a passkey: its new signature counter and serialised credential.
-    /// A compare-and-set: [`StoreError::Conflict`] when `sign_count` does not go above the
-    /// stored counter (unless both are 0: authenticators without a counter), which betrays
-    /// a cloned authenticator or a replay racing this one. [`StoreError::NotFound`] when the
-    /// passkey was deleted meanwhile.
-    async fn record_passkey_use(
-        &self,
-        credential_id: &str,
-        sign_count: u32,
-        credential: &str,
-        at: Timestamp,
-    ) -> StoreResult<()>;
-
-    /// Deletes one of `user_id`'s passkeys; `false` when they have none with this id.
-    async fn delete_passkey(&self, user_id: UserId, credential_id: &str) -> StoreResult<bool>;
-
-    /// Stores a ceremony, replacing one with the same id, and forgets ceremonies that
-    /// expired before `now` (so abandoned ones do not pile up).
-    async fn put_ceremony(&self, ceremony: &Ceremony, now: Timestamp) -> StoreResult<()>;
-
-    /// Takes a ceremony out: it is deleted whether or not it expired, and returned only when
-    /// it is still valid at `now`. At most one caller ever gets it (challenges are single-use).
-    async fn take_ceremony(&self, id: &str, now: Timestamp) -> StoreResult<Option<Ceremony>>;
 }

@@ -17,12 +17,13 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use uuid::Uuid;
 
+use crate::prelude::*;
 use crate::{
     conversation_lease_key, Ceremony, Chunk, Conversation, ConversationId, ConversationQuery,
     ConversationSort, Document, DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, Lease,
     License, Listing, ListingId, ListingQuery, Message, MessageRole, MessageStatus, Order, OrderId,
-    OrderStatus, Page, Passkey, PruningRecord, Role, Session, SortOrder, Store, StoreError,
-    StoreResult, Timestamp, User, UserId,
+    OrderStatus, Page, Passkey, PruningRecord, Role, Session, SortOrder, StoreError, StoreResult,
+    Timestamp, User, UserId,
 };
 
 const READER_CONNECTIONS: usize = 4;
@@ -397,7 +398,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl IdentityStore for SqliteStore {
     async fn create_user(&self, user: &User) -> StoreResult<()> {
         let user = user.clone();
         self.write(move |tx| {
@@ -584,6 +588,58 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn create_passkey(&self, passkey: &Passkey) -> StoreResult<()> {
+        let passkey = passkey.clone();
+        self.write(move |tx| passkeys::create_passkey(tx, &passkey))
+            .await
+    }
+
+    async fn passkey(&self, credential_id: &str) -> StoreResult<Option<Passkey>> {
+        let credential_id = credential_id.to_owned();
+        self.read(move |conn| passkeys::passkey(conn, &credential_id))
+            .await
+    }
+
+    async fn passkeys_of(&self, user_id: UserId) -> StoreResult<Vec<Passkey>> {
+        self.read(move |conn| passkeys::passkeys_of(conn, user_id))
+            .await
+    }
+
+    async fn record_passkey_use(
+        &self,
+        credential_id: &str,
+        sign_count: u32,
+        credential: &str,
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        let (credential_id, credential) = (credential_id.to_owned(), credential.to_owned());
+        self.write(move |tx| {
+            passkeys::record_passkey_use(tx, &credential_id, sign_count, &credential, at)
+        })
+        .await
+    }
+
+    async fn delete_passkey(&self, user_id: UserId, credential_id: &str) -> StoreResult<bool> {
+        let credential_id = credential_id.to_owned();
+        self.write(move |tx| passkeys::delete_passkey(tx, user_id, &credential_id))
+            .await
+    }
+
+    async fn put_ceremony(&self, ceremony: &Ceremony, now: Timestamp) -> StoreResult<()> {
+        let ceremony = ceremony.clone();
+        self.write(move |tx| passkeys::put_ceremony(tx, &ceremony, now))
+            .await
+    }
+
+    async fn take_ceremony(&self, id: &str, now: Timestamp) -> StoreResult<Option<Ceremony>> {
+        let id = id.to_owned();
+        self.write(move |tx| passkeys::take_ceremony(tx, &id, now))
+            .await
+    }
+}
+
+#[async_trait]
+impl LeaseStore for SqliteStore {
     async fn acquire_lease(
         &self,
         key: &str,
@@ -701,7 +757,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl ConversationStore for SqliteStore {
     async fn save_conversation(
         &self,
         lease: &Lease,
@@ -835,7 +894,10 @@ impl Store for SqliteStore {
     }
 
     // The SQL of honey jars, documents and chunks is in `knowledge.rs`.
+}
 
+#[async_trait]
+impl KnowledgeStore for SqliteStore {
     async fn create_jar(&self, jar: &HoneyJar) -> StoreResult<()> {
         let jar = jar.clone();
         self.write(move |tx| knowledge::create_jar(tx, &jar)).await
@@ -921,7 +983,10 @@ impl Store for SqliteStore {
         self.read(move |conn| knowledge::jar_chunks(conn, jar_id, after, limit))
             .await
     }
+}
 
+#[async_trait]
+impl MarketStore for SqliteStore {
     async fn create_listing(&self, listing: &Listing) -> StoreResult<()> {
         let listing = listing.clone();
         self.write(move |tx| marketplace::create_listing(tx, &listing))
@@ -986,55 +1051,6 @@ impl Store for SqliteStore {
         at: Timestamp,
     ) -> StoreResult<Listing> {
         self.write(move |tx| marketplace::rate_listing(tx, listing, buyer, stars, at))
-            .await
-    }
-
-    async fn create_passkey(&self, passkey: &Passkey) -> StoreResult<()> {
-        let passkey = passkey.clone();
-        self.write(move |tx| passkeys::create_passkey(tx, &passkey))
-            .await
-    }
-
-    async fn passkey(&self, credential_id: &str) -> StoreResult<Option<Passkey>> {
-        let credential_id = credential_id.to_owned();
-        self.read(move |conn| passkeys::passkey(conn, &credential_id))
-            .await
-    }
-
-    async fn passkeys_of(&self, user_id: UserId) -> StoreResult<Vec<Passkey>> {
-        self.read(move |conn| passkeys::passkeys_of(conn, user_id))
-            .await
-    }
-
-    async fn record_passkey_use(
-        &self,
-        credential_id: &str,
-        sign_count: u32,
-        credential: &str,
-        at: Timestamp,
-    ) -> StoreResult<()> {
-        let (credential_id, credential) = (credential_id.to_owned(), credential.to_owned());
-        self.write(move |tx| {
-            passkeys::record_passkey_use(tx, &credential_id, sign_count, &credential, at)
-        })
-        .await
-    }
-
-    async fn delete_passkey(&self, user_id: UserId, credential_id: &str) -> StoreResult<bool> {
-        let credential_id = credential_id.to_owned();
-        self.write(move |tx| passkeys::delete_passkey(tx, user_id, &credential_id))
-            .await
-    }
-
-    async fn put_ceremony(&self, ceremony: &Ceremony, now: Timestamp) -> StoreResult<()> {
-        let ceremony = ceremony.clone();
-        self.write(move |tx| passkeys::put_ceremony(tx, &ceremony, now))
-            .await
-    }
-
-    async fn take_ceremony(&self, id: &str, now: Timestamp) -> StoreResult<Option<Ceremony>> {
-        let id = id.to_owned();
-        self.write(move |tx| passkeys::take_ceremony(tx, &id, now))
             .await
     }
 }

@@ -6,9 +6,9 @@ use uuid::Uuid;
 use crate::{
     conversation_lease_key, Ceremony, CeremonyKind, Chunk, Conversation, ConversationId,
     ConversationQuery, ConversationSort, Document, DocumentId, DocumentStatus, HoneyJar, JarId,
-    JarQuery, JarSettings, Lease, LicenseType, Listing, ListingId, ListingQuery, ListingSort,
-    ListingStatus, Message, MessageRole, MessageStatus, Order, OrderStatus, Page, Passkey,
-    PruningRecord, Role, Session, SortOrder, Store, StoreError, Timestamp, User, UserId,
+    JarQuery, JarSettings, Lease, LeaseStore, LicenseType, Listing, ListingId, ListingQuery,
+    ListingSort, ListingStatus, Message, MessageRole, MessageStatus, Order, OrderStatus, Page,
+    Passkey, PruningRecord, Role, Session, SortOrder, Store, StoreError, Timestamp, User, UserId,
     Visibility,
 };
 
@@ -310,7 +310,7 @@ pub async fn expired_sessions_are_collected(store: &dyn Store) {
     assert!(store.session("fresh").await.unwrap().is_some());
 }
 
-pub async fn lease_is_exclusive_until_expiry(store: &dyn Store) {
+pub async fn lease_is_exclusive_until_expiry(store: &dyn LeaseStore) {
     let a = store
         .acquire_lease("conv:x", "node-a", 1_000, Timestamp(10_000))
         .await
@@ -335,7 +335,7 @@ pub async fn lease_is_exclusive_until_expiry(store: &dyn Store) {
     assert_eq!(store.lease("conv:none").await.unwrap(), None);
 }
 
-pub async fn lease_reacquire_by_holder_keeps_epoch(store: &dyn Store) {
+pub async fn lease_reacquire_by_holder_keeps_epoch(store: &dyn LeaseStore) {
     let first = store
         .acquire_lease("shard:1", "node-a", 1_000, Timestamp(0))
         .await
@@ -357,7 +357,7 @@ pub async fn lease_reacquire_by_holder_keeps_epoch(store: &dyn Store) {
     );
 }
 
-pub async fn stale_epoch_cannot_renew_or_release(store: &dyn Store) {
+pub async fn stale_epoch_cannot_renew_or_release(store: &dyn LeaseStore) {
     let old = store
         .acquire_lease("conv:y", "node-a", 1_000, Timestamp(0))
         .await
@@ -392,7 +392,7 @@ pub async fn stale_epoch_cannot_renew_or_release(store: &dyn Store) {
     assert_eq!(store.lease("conv:y").await.unwrap(), Some(new));
 }
 
-pub async fn released_lease_never_reuses_epoch(store: &dyn Store) {
+pub async fn released_lease_never_reuses_epoch(store: &dyn LeaseStore) {
     let a = store
         .acquire_lease("conv:z", "node-a", 10_000, Timestamp(0))
         .await
@@ -410,7 +410,7 @@ pub async fn released_lease_never_reuses_epoch(store: &dyn Store) {
     assert!(matches!(a_again, Err(StoreError::LeaseHeld { .. })));
 }
 
-pub async fn take_over_fences_the_old_holder(store: &dyn Store) {
+pub async fn take_over_fences_the_old_holder(store: &dyn LeaseStore) {
     let a = store
         .acquire_lease("conv:t", "node-a", 60_000, Timestamp(0))
         .await
@@ -434,7 +434,7 @@ pub async fn take_over_fences_the_old_holder(store: &dyn Store) {
     assert_eq!(store.lease("conv:t").await.unwrap(), Some(b));
 }
 
-pub async fn concurrent_acquires_elect_one_owner(store: &dyn Store) {
+pub async fn concurrent_acquires_elect_one_owner(store: &dyn LeaseStore) {
     let attempts = (0..8).map(|i| {
         let owner = format!("node-{i}");
         async move {

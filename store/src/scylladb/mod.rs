@@ -1,0 +1,195 @@
+//! The ScyllaDB backend: the store of a cluster that outgrows one machine.
+//!
+//! Written area by area (the traits of [`crate::Store`]); the data model and why each table
+//! exists are in `store/SCYLLA.md`. Present now: the connection (token- and shard-aware
+//! routing, prepared statements, retries and speculative execution for idempotent statements
+//! only, TLS, credentials), versioned schema migrations safe under concurrent starts, and
+//! leases as lightweight transactions. Until every area is here, nodes cannot be configured
+//! to use it.
+
+mod leases;
+mod schema;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::observability::metrics::Metrics;
+use scylla::policies::retry::DefaultRetryPolicy;
+use scylla::policies::speculative_execution::SimpleSpeculativeExecutionPolicy;
+use scylla::response::query_result::QueryResult;
+use scylla::statement::{Consistency, SerialConsistency};
+use scylla::value::{CqlValue, Row};
+use serde::{Deserialize, Serialize};
+
+use crate::{StoreError, StoreResult};
+
+/// Where the cluster is and how to talk to it.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScyllaConfig {
+    /// Contact points, `host:port` (9042 for CQL); the rest of the cluster is discovered.
+    pub nodes: Vec<String>,
+    pub keyspace: String,
+    pub replication: Replication,
+    /// Of reads and writes: `local_quorum` (default: survives a replica down per DC, reads
+    /// see acknowledged writes), `quorum`, `local_one`, `one`, `all`.
+    pub consistency: String,
+    /// Of the lightweight transactions (leases, uniqueness): `local_serial` or `serial`.
+    pub serial_consistency: String,
+    /// Empty: no authentication.
+    pub username: String,
+    pub password: String,
+    /// PEM file of the CA that signed the nodes' certificates; empty: no TLS.
+    pub tls_ca_path: String,
+    pub request_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for ScyllaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScyllaConfig")
+            .field("nodes", &self.nodes)
+            .field("keyspace", &self.keyspace)
+            .field("replication", &self.replication)
+            .field("consistency", &self.consistency)
+            .field("serial_consistency", &self.serial_consistency)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("tls_ca_path", &self.tls_ca_path)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .finish()
+    }
+}
+
+/// How many copies of each row the keyspace keeps, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "class", deny_unknown_fields)]
+pub enum Replication {
+    /// One datacenter, for development and tests.
+    SimpleStrategy { replication_factor: u32 },
+    /// Production: copies per datacenter (3 per DC tolerates one node down at LOCAL_QUORUM).
+    NetworkTopologyStrategy { datacenters: BTreeMap<String, u32> },
+}
+
+impl ScyllaConfig {
+    fn consistency(&self) -> StoreResult<Consistency> {
+        Ok(match self.consistency.as_str() {
+            "local_quorum" => Consistency::LocalQuorum,
+            "quorum" => Consistency::Quorum,
+            "each_quorum" => Consistency::EachQuorum,
+            "local_one" => Consistency::LocalOne,
+            "one" => Consistency::One,
+            "all" => Consistency::All,
+            other => return Err(invalid(format!("unknown consistency {other:?}"))),
+        })
+    }
+
+    fn serial_consistency(&self) -> StoreResult<SerialConsistency> {
+        Ok(match self.serial_consistency.as_str() {
+            "local_serial" => SerialConsistency::LocalSerial,
+            "serial" => SerialConsistency::Serial,
+            other => return Err(invalid(format!("unknown serial consistency {other:?}"))),
+        })
+    }
+}
+
+/// The store on a ScyllaDB (or Cassandra 4+) cluster.
+pub struct ScyllaStore {
+    session: Arc<Session>,
+    leases: leases::Statements,
+}
+
+impl ScyllaStore {
+    /// Connects, creates or migrates the keyspace's schema, and prepares the statements.
+    pub async fn connect(config: &ScyllaConfig) -> StoreResult<ScyllaStore> {
+        let profile = ExecutionProfile::builder()
+            .consistency(config.consistency()?)
+            .serial_consistency(Some(config.serial_consistency()?))
+            .request_timeout(Some(Duration::from_millis(config.request_timeout_ms)))
+            // Both apply to statements marked idempotent only: a write that may have been
+            // applied is never sent twice.
+            .retry_policy(Arc::new(DefaultRetryPolicy::new()))
+            .speculative_execution_policy(Some(Arc::new(SimpleSpeculativeExecutionPolicy {
+                max_retry_count: 2,
+                retry_interval: Duration::from_millis(config.request_timeout_ms / 10),
+            })))
+            .build();
+        let mut builder = SessionBuilder::new()
+            .known_nodes(&config.nodes)
+            .default_execution_profile_handle(profile.into_handle());
+        if !config.username.is_empty() {
+            builder = builder.user(&config.username, &config.password);
+        }
+        if !config.tls_ca_path.is_empty() {
+            builder = builder.tls_context(Some(tls_context(&config.tls_ca_path)?));
+        }
+        let session = builder
+            .build()
+            .await
+            .map_err(|err| StoreError::Unavailable(format!("connecting to ScyllaDB: {err}")))?;
+        schema::migrate(&session, &config.keyspace, &config.replication).await?;
+        let leases = leases::Statements::prepare(&session).await?;
+        Ok(ScyllaStore {
+            session: Arc::new(session),
+            leases,
+        })
+    }
+
+    /// The driver's request counts, errors and latency histogram, for Prometheus.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.session.get_metrics()
+    }
+}
+
+/// A rustls client configuration trusting the CA in `ca_path` (ring, like the rest of Sting).
+fn tls_context(ca_path: &str) -> StoreResult<Arc<rustls::ClientConfig>> {
+    let pem = std::fs::read(ca_path)
+        .map_err(|err| invalid(format!("reading the ScyllaDB CA {ca_path}: {err}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.map_err(|err| invalid(format!("ScyllaDB CA {ca_path}: {err}")))?;
+        roots
+            .add(cert)
+            .map_err(|err| invalid(format!("ScyllaDB CA {ca_path}: {err}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| invalid(format!("TLS: {err}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn invalid(message: String) -> StoreError {
+    StoreError::Internal(format!("ScyllaDB configuration: {message}"))
+}
+
+/// A failed request: the cluster could not answer now (timeouts, unavailable replicas, a lost
+/// connection); the caller may retry. A conditional write that timed out may or may not have
+/// been applied: callers read the state again rather than assume.
+fn unavailable(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("ScyllaDB: {err}"))
+}
+
+/// Whether a lightweight transaction was applied: the first column of its answer.
+fn applied(result: QueryResult) -> StoreResult<bool> {
+    let rows = result
+        .into_rows_result()
+        .map_err(|err| StoreError::Internal(format!("LWT answer: {err}")))?;
+    let row: Row = rows
+        .first_row()
+        .map_err(|err| StoreError::Internal(format!("LWT answer: {err}")))?;
+    match row.columns.first() {
+        Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
+        other => Err(StoreError::Internal(format!(
+            "LWT answer without [applied]: {other:?}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,171 @@
+//! What can be checked without a server (statement text, configuration, migration order), and
+//! the contract suite's areas that ScyllaDB implements, run against a real node when
+//! `STING_SCYLLA_NODES` names one (each in a fresh keyspace, dropped afterwards).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use super::schema::{create_keyspace, MIGRATIONS};
+use super::*;
+
+#[test]
+fn keyspaces_are_created_with_the_configured_replication() {
+    let simple = Replication::SimpleStrategy {
+        replication_factor: 1,
+    };
+    assert_eq!(
+        create_keyspace("sting", &simple).unwrap(),
+        "CREATE KEYSPACE IF NOT EXISTS sting WITH replication = \
+         {'class': 'SimpleStrategy', 'replication_factor': 1}"
+    );
+    let topology = Replication::NetworkTopologyStrategy {
+        datacenters: BTreeMap::from([("eu_west".to_owned(), 3), ("us_east".to_owned(), 3)]),
+    };
+    assert_eq!(
+        create_keyspace("sting", &topology).unwrap(),
+        "CREATE KEYSPACE IF NOT EXISTS sting WITH replication = \
+         {'class': 'NetworkTopologyStrategy', 'eu_west': 3, 'us_east': 3}"
+    );
+}
+
+#[test]
+fn names_that_are_not_identifiers_are_refused() {
+    let simple = Replication::SimpleStrategy {
+        replication_factor: 1,
+    };
+    for bad in [
+        "",
+        "sting; DROP KEYSPACE x",
+        "1sting",
+        "st-ing",
+        &"k".repeat(49),
+    ] {
+        assert!(create_keyspace(bad, &simple).is_err(), "{bad:?}");
+    }
+    let injected = Replication::NetworkTopologyStrategy {
+        datacenters: BTreeMap::from([("dc1': 3, 'x".to_owned(), 3)]),
+    };
+    assert!(create_keyspace("sting", &injected).is_err());
+    let empty = Replication::NetworkTopologyStrategy {
+        datacenters: BTreeMap::new(),
+    };
+    assert!(create_keyspace("sting", &empty).is_err());
+}
+
+#[test]
+fn migrations_are_ordered_and_idempotent() {
+    for (i, migration) in MIGRATIONS.iter().enumerate() {
+        assert_eq!(migration.version, i as i32 + 1, "versions count up from 1");
+        assert!(!migration.description.is_empty());
+        for statement in migration.statements {
+            assert!(
+                statement.contains("IF NOT EXISTS"),
+                "a node may apply it again after a crash: {statement}"
+            );
+        }
+    }
+}
+
+#[test]
+fn configuration_parses_and_hides_the_password() {
+    let config: ScyllaConfig = serde_json::from_value(serde_json::json!({
+        "nodes": ["10.0.0.1:9042"],
+        "keyspace": "sting",
+        "replication": {"class": "NetworkTopologyStrategy", "datacenters": {"dc1": 3}},
+        "consistency": "local_quorum",
+        "serial_consistency": "local_serial",
+        "username": "sting",
+        "password": "s3cret",
+        "tls_ca_path": "",
+        "request_timeout_ms": 5000
+    }))
+    .unwrap();
+    assert_eq!(config.consistency().unwrap(), Consistency::LocalQuorum);
+    assert_eq!(
+        config.serial_consistency().unwrap(),
+        SerialConsistency::LocalSerial
+    );
+    assert!(!format!("{config:?}").contains("s3cret"));
+    let wrong = ScyllaConfig {
+        consistency: "most".into(),
+        ..config
+    };
+    assert!(wrong.consistency().is_err());
+}
+
+fn config(nodes: Vec<String>, keyspace: &str) -> ScyllaConfig {
+    ScyllaConfig {
+        nodes,
+        keyspace: keyspace.to_owned(),
+        replication: Replication::SimpleStrategy {
+            replication_factor: 1,
+        },
+        consistency: "local_quorum".into(),
+        serial_consistency: "local_serial".into(),
+        username: std::env::var("STING_SCYLLA_USERNAME").unwrap_or_default(),
+        password: std::env::var("STING_SCYLLA_PASSWORD").unwrap_or_default(),
+        tls_ca_path: std::env::var("STING_SCYLLA_TLS_CA").unwrap_or_default(),
+        request_timeout_ms: 10_000,
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_is_unavailable_not_a_panic() {
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    let unreachable = config(vec!["127.0.0.1:1".into()], "sting");
+    match ScyllaStore::connect(&unreachable).await {
+        Err(StoreError::Unavailable(message)) => assert!(message.contains("ScyllaDB"), "{message}"),
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("connected to nothing"),
+    }
+}
+
+/// A store on a fresh keyspace of the node(s) in `STING_SCYLLA_NODES`, or `None`, said
+/// out loud, when none is given (`STING_REQUIRE_SCYLLA=1` makes that a failure).
+async fn scylla_store(test: &str) -> Option<(ScyllaStore, String)> {
+    let Ok(nodes) = std::env::var("STING_SCYLLA_NODES") else {
+        let required = std::env::var("STING_REQUIRE_SCYLLA").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "{test}: STING_REQUIRE_SCYLLA=1 but STING_SCYLLA_NODES is unset"
+        );
+        // Straight to stderr, past the test harness's capture, so that a skip is seen.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: STING_SCYLLA_NODES is unset (host:port of a ScyllaDB node to run \
+             the contract suite on)"
+        );
+        return None;
+    };
+    let keyspace = format!("sting_test_{}", uuid::Uuid::new_v4().simple());
+    let config = config(nodes.split(',').map(str::to_owned).collect(), &keyspace);
+    let store = ScyllaStore::connect(&config)
+        .await
+        .expect("connect to STING_SCYLLA_NODES");
+    Some((store, keyspace))
+}
+
+/// One test per contract behaviour of the areas ScyllaDB implements so far.
+macro_rules! scylla_contract {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some((store, keyspace)) = scylla_store(stringify!($name)).await else {
+                    return;
+                };
+                crate::tests::$name(&store).await;
+                schema::drop_keyspace(&store.session, &keyspace).await.unwrap();
+            }
+        )*
+    };
+}
+
+scylla_contract!(
+    lease_is_exclusive_until_expiry,
+    lease_reacquire_by_holder_keeps_epoch,
+    stale_epoch_cannot_renew_or_release,
+    released_lease_never_reuses_epoch,
+    concurrent_acquires_elect_one_owner,
+    take_over_fences_the_old_holder,
+);
