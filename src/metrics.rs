@@ -36,6 +36,14 @@ struct StateLabels {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PasskeyLabels {
+    /// `registration` or `authentication`.
+    ceremony: &'static str,
+    /// `success` or `refused`.
+    outcome: &'static str,
+}
+
 /// What a scrape reports about the node's current state.
 pub struct NodeSnapshot {
     pub active_sessions: u64,
@@ -91,6 +99,7 @@ pub struct Metrics {
     model_inferences: Family<ModelLabels, Counter>,
     model_tokens: Family<ModelLabels, Counter>,
     cluster_members: Family<StateLabels, Gauge>,
+    passkey_ceremonies: Family<PasskeyLabels, Counter>,
     active_shards: Gauge,
     heartbeats_sent: Counter,
     nodes_declared_down: Counter,
@@ -214,9 +223,17 @@ impl Metrics {
             "One-way messages sent to other nodes (turn events, hand-overs, index refreshes)",
             remote_casts.clone(),
         );
+        let passkey_ceremonies = Family::<PasskeyLabels, Counter>::default();
+        registry.register(
+            "passkey_ceremonies",
+            "Passkey registrations and logins completed, by outcome (refused: a bad, replayed, \
+             expired or foreign answer)",
+            passkey_ceremonies.clone(),
+        );
         Metrics {
             registry,
             cluster_members,
+            passkey_ceremonies,
             active_shards,
             heartbeats_sent,
             nodes_declared_down,
@@ -238,6 +255,14 @@ impl Metrics {
             duration_micros: AtomicU64::new(0),
             today: Mutex::new((0, 0)),
         }
+    }
+
+    /// Counts a completed passkey ceremony (`registration` or `authentication`).
+    pub fn record_passkey(&self, ceremony: &'static str, accepted: bool) {
+        let outcome = if accepted { "success" } else { "refused" };
+        self.passkey_ceremonies
+            .get_or_create(&PasskeyLabels { ceremony, outcome })
+            .inc();
     }
 
     pub fn websocket_opened(&self) {

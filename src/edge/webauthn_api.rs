@@ -196,11 +196,12 @@ pub async fn register_complete(
     caller: Identity,
     body: RegisterCompleteRequest,
 ) -> Result<Response, Rejection> {
-    let passkey = ctx
+    let finished = ctx
         .passkeys
         .finish_registration(&caller, &body.credential, body.name.as_deref())
-        .await
-        .map_err(reject)?;
+        .await;
+    ctx.metrics.record_passkey("registration", finished.is_ok());
+    let passkey = finished.map_err(reject)?;
     tracing::info!(user = %caller.user_id, passkey = %passkey.credential_id, "passkey registered");
     let body = PasskeyRegistered {
         success: true,
@@ -263,11 +264,13 @@ pub async fn login_complete(
             "missing: send the ceremony_id login/init returned",
         ))
     })?;
-    let new = ctx
+    let finished = ctx
         .passkeys
         .finish_login(&ceremony_id, &body.assertion)
-        .await
-        .map_err(reject)?;
+        .await;
+    ctx.metrics
+        .record_passkey("authentication", finished.is_ok());
+    let new = finished.map_err(reject)?;
     tracing::info!(user = %new.user.id, "logged in with a passkey");
     let mut response = session_reply(&ctx, new, StatusCode::OK);
     set_cookie(&mut response, CEREMONY_COOKIE, "", CEREMONY_COOKIE_PATH, 0);

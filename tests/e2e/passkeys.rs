@@ -312,6 +312,22 @@ async fn a_passkey_logs_in_only_its_own_account_and_only_forward() {
         .await
         .assert_error(StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS");
     assert!(server.log().contains("passkey signature counter went back"));
+    let metrics = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "sting_passkey_ceremonies_total{ceremony=\"registration\",outcome=\"success\"} 2",
+        "sting_passkey_ceremonies_total{ceremony=\"authentication\",outcome=\"success\"} 2",
+        "sting_passkey_ceremonies_total{ceremony=\"authentication\",outcome=\"refused\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
 
     // Login needs an account with passkeys; the answer does not say which part was missing.
     for email in ["nobody@example.com", "not an email"] {
