@@ -164,6 +164,20 @@ async fn open(browser: &Browser, screen: &str, ready: &str) {
         .await;
 }
 
+/// Searches from the Ask screen, waits for `ready`, and returns what the results say.
+async fn search(browser: &Browser, ready: &str) -> String {
+    open(browser, "ask", "#ask").await;
+    browser
+        .fill("#ask-question", "What is the lavender meadow protocol?")
+        .await;
+    browser.click("#search").await;
+    browser.wait_for(ready).await;
+    let found = browser
+        .eval("document.querySelector('#ask-results').innerText")
+        .await;
+    found.as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn people_use_the_platform_from_the_browser() {
     if !crate::harness::onnxruntime_available("people_use_the_platform_from_the_browser") {
@@ -360,18 +374,8 @@ async fn people_use_the_platform_from_the_browser() {
         !listed.as_str().unwrap().contains("Ann's handbook"),
         "{listed}"
     );
-    open(&browser, "ask", "#ask").await;
-    browser
-        .fill("#ask-question", "What is the lavender meadow protocol?")
-        .await;
-    browser.click("#search").await;
-    browser
-        .wait_for("document.querySelector('#results-title')")
-        .await;
-    let found = browser
-        .eval("document.querySelector('#ask-results').innerText")
-        .await;
-    assert!(found.as_str().unwrap().starts_with("0 results"), "{found}");
+    let found = search(&browser, "document.querySelector('#results-title')").await;
+    assert!(found.starts_with("0 results"), "{found}");
     open(&browser, "market", "#market-filter").await;
     browser.click("#listings [data-listing] button").await;
     for (field, value) in [
@@ -444,17 +448,12 @@ async fn people_use_the_platform_from_the_browser() {
     browser
         .wait_for("document.querySelector('#listings').innerText.includes('★ 5.0 (1)')")
         .await;
-    open(&browser, "ask", "#ask").await;
-    browser
-        .fill("#ask-question", "What is the lavender meadow protocol?")
-        .await;
-    browser.click("#search").await;
-    browser
-        .wait_for("document.querySelector('#results-title') && document.querySelector('#results-title').innerText !== '0 results'")
-        .await;
-    let found = browser
-        .eval("document.querySelector('#ask-results').innerText")
-        .await;
-    assert!(found.as_str().unwrap().contains("handbook"), "{found}");
+    let found = search(
+        &browser,
+        "document.querySelector('#results-title') \
+         && document.querySelector('#results-title').innerText !== '0 results'",
+    )
+    .await;
+    assert!(found.contains("handbook"), "{found}");
     assert_eq!(browser.page_errors(), Vec::<String>::new());
 }

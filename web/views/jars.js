@@ -74,11 +74,9 @@ function importForm(app) {
     if (!file.files.length) return;
     busy(form, async () => {
       try {
-        bar.hidden = false;
-        const body = new FormData();
-        body.append('file', file.files[0]);
-        if (name.value.trim()) body.append('name', name.value.trim());
-        const jar = await upload('/api/knowledge/honey-pots/import', body, (fraction) => (bar.value = fraction * 100));
+        const fields = { file: file.files[0] };
+        if (name.value.trim()) fields.name = name.value.trim();
+        const jar = await upload('/api/knowledge/honey-pots/import', fields, bar);
         app.flash = 'Imported ' + jar.imported_documents + ' documents.';
         app.go('jars/' + jar.id);
       } catch (error) {
@@ -159,10 +157,7 @@ function uploadForm(jarId, status, refresh) {
     if (!file.files.length) return;
     busy(form, async () => {
       try {
-        bar.hidden = false;
-        const body = new FormData();
-        body.append('file', file.files[0]);
-        await upload('/api/knowledge/honey-pots/' + jarId + '/documents', body, (fraction) => (bar.value = fraction * 100));
+        await upload('/api/knowledge/honey-pots/' + jarId + '/documents', { file: file.files[0] }, bar);
         showOk(status, 'Uploaded; processing…');
         file.value = '';
         await refresh();
@@ -177,8 +172,13 @@ function uploadForm(jarId, status, refresh) {
   return form;
 }
 
-// fetch() reports no upload progress; XMLHttpRequest does.
-function upload(path, form, onProgress) {
+// Posts `fields` as a multipart form, showing its progress on `bar` (fetch() reports no upload
+// progress; XMLHttpRequest does).
+function upload(path, fields, bar) {
+  const form = new FormData();
+  for (const [key, value] of Object.entries(fields)) form.append(key, value);
+  bar.hidden = false;
+  const onProgress = (fraction) => (bar.value = fraction * 100);
   return new Promise((resolve, reject) => {
     const request = new XMLHttpRequest();
     request.open('POST', path);

@@ -17,7 +17,6 @@ use std::time::Duration;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
-use scylla::observability::metrics::Metrics;
 use scylla::policies::retry::DefaultRetryPolicy;
 use scylla::policies::speculative_execution::SimpleSpeculativeExecutionPolicy;
 use scylla::response::query_result::QueryResult;
@@ -136,11 +135,6 @@ impl ScyllaStore {
             session: Arc::new(session),
             leases,
         })
-    }
-
-    /// The driver's request counts, errors and latency histogram, for Prometheus.
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.session.get_metrics()
     }
 }
 
