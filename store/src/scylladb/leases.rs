@@ -9,11 +9,35 @@ use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
 
-use super::{applied, unavailable, ScyllaStore};
+use super::schema::Migration;
+use super::{applied, maybe_row, unavailable, ScyllaStore};
 use crate::{Lease, LeaseStore, StoreError, StoreResult, Timestamp};
+
+pub(super) const MIGRATION: Migration = Migration {
+    version: 1,
+    description: "leases",
+    statements: &[
+        // One partition per leased key; every change is a compare-and-set on (owner, epoch).
+        "CREATE TABLE IF NOT EXISTS leases (
+            key text PRIMARY KEY,
+            owner text,
+            epoch bigint,
+            expires_at bigint
+        )",
+    ],
+};
 
 /// A compare-and-set that lost a race is decided again from the new state, at most this often.
 const CAS_ATTEMPTS: usize = 5;
+
+/// What `read` selects.
+#[derive(Debug, PartialEq, scylla::DeserializeRow)]
+#[cfg_attr(test, derive(scylla::SerializeRow))]
+pub(super) struct LeaseRow {
+    pub owner: String,
+    pub epoch: i64,
+    pub expires_at: i64,
+}
 
 pub(super) struct Statements {
     /// Read at SERIAL consistency: sees the outcome of any transaction in progress.
@@ -65,22 +89,18 @@ impl Statements {
 }
 
 impl ScyllaStore {
-    async fn read_lease(&self, key: &str) -> StoreResult<Option<Lease>> {
-        let rows = self
+    pub(super) async fn read_lease(&self, key: &str) -> StoreResult<Option<Lease>> {
+        let result = self
             .session
             .execute_unpaged(&self.leases.read, (key,))
             .await
-            .map_err(unavailable)?
-            .into_rows_result()
-            .map_err(|err| StoreError::Internal(format!("lease row: {err}")))?;
-        let row = rows
-            .maybe_first_row::<(String, i64, i64)>()
-            .map_err(|err| StoreError::Internal(format!("lease row: {err}")))?;
-        Ok(row.map(|(owner, epoch, expires_at)| Lease {
+            .map_err(unavailable)?;
+        let row: Option<LeaseRow> = maybe_row(result, "lease row")?;
+        Ok(row.map(|row| Lease {
             key: key.to_owned(),
-            owner,
-            epoch: epoch as u64,
-            expires_at: Timestamp(expires_at),
+            owner: row.owner,
+            epoch: row.epoch as u64,
+            expires_at: Timestamp(row.expires_at),
         }))
     }
 

@@ -1,25 +1,31 @@
 //! The ScyllaDB backend: the store of a cluster that outgrows one machine.
 //!
-//! Written area by area (the traits of [`crate::Store`]); the data model and why each table
-//! exists are in `store/SCYLLA.md`. Present now: the connection (token- and shard-aware
-//! routing, prepared statements, retries and speculative execution for idempotent statements
-//! only, TLS, credentials), versioned schema migrations safe under concurrent starts, and
-//! leases as lightweight transactions. Until every area is here, nodes cannot be configured
-//! to use it.
+//! Written area by area (the traits of [`crate::Store`]), one module each; the data model and
+//! why each table exists are in `store/SCYLLA.md`. Here: the connection (token- and
+//! shard-aware routing, prepared statements, retries and speculative execution for idempotent
+//! statements only, TLS, credentials) and what every area reads and writes with.
 
+mod conversations;
+mod identity;
+mod knowledge;
 mod leases;
+mod market;
 mod schema;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::deserialize::row::DeserializeRow;
 use scylla::policies::retry::DefaultRetryPolicy;
 use scylla::policies::speculative_execution::SimpleSpeculativeExecutionPolicy;
 use scylla::response::query_result::QueryResult;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
 use serde::{Deserialize, Serialize};
@@ -99,6 +105,10 @@ impl ScyllaConfig {
 pub struct ScyllaStore {
     session: Arc<Session>,
     leases: leases::Statements,
+    identity: identity::Statements,
+    conversations: conversations::Statements,
+    knowledge: knowledge::Statements,
+    market: market::Statements,
 }
 
 impl ScyllaStore {
@@ -130,10 +140,13 @@ impl ScyllaStore {
             .await
             .map_err(|err| StoreError::Unavailable(format!("connecting to ScyllaDB: {err}")))?;
         schema::migrate(&session, &config.keyspace, &config.replication).await?;
-        let leases = leases::Statements::prepare(&session).await?;
         Ok(ScyllaStore {
+            leases: leases::Statements::prepare(&session).await?,
+            identity: identity::Statements::prepare(&session).await?,
+            conversations: conversations::Statements::prepare(&session).await?,
+            knowledge: knowledge::Statements::prepare(&session).await?,
+            market: market::Statements::prepare(&session).await?,
             session: Arc::new(session),
-            leases,
         })
     }
 }
@@ -167,6 +180,76 @@ fn invalid(message: String) -> StoreError {
 /// been applied: callers read the state again rather than assume.
 fn unavailable(err: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("ScyllaDB: {err}"))
+}
+
+/// A row the store cannot read back: a schema or data bug, not a transient failure.
+fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(format!("ScyllaDB {what}: {err}"))
+}
+
+/// Prepares `cql` (once, at connection). Idempotent statements (reads, plain upserts, deletes)
+/// may be retried and sent speculatively by the driver; conditional writes (LWTs), counter
+/// updates and appends to collections must be prepared with `idempotent: false`.
+async fn prepare(session: &Session, cql: &str, idempotent: bool) -> StoreResult<PreparedStatement> {
+    let mut statement = session.prepare(cql).await.map_err(unavailable)?;
+    statement.set_is_idempotent(idempotent);
+    Ok(statement)
+}
+
+/// The rows of an unpaged answer, for statements whose size the key or a `LIMIT` bounds.
+fn rows<R>(result: QueryResult, what: &str) -> StoreResult<Vec<R>>
+where
+    R: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata>,
+{
+    let rows = result
+        .into_rows_result()
+        .map_err(|err| corrupt(what, err))?;
+    let typed = rows.rows::<R>().map_err(|err| corrupt(what, err))?;
+    typed
+        .map(|row| row.map_err(|err| corrupt(what, err)))
+        .collect()
+}
+
+/// The first row of an unpaged answer, if any.
+fn maybe_row<R>(result: QueryResult, what: &str) -> StoreResult<Option<R>>
+where
+    R: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata>,
+{
+    let rows = result
+        .into_rows_result()
+        .map_err(|err| corrupt(what, err))?;
+    rows.maybe_first_row::<R>()
+        .map_err(|err| corrupt(what, err))
+}
+
+/// Every row of a read, fetched page by page (`execute_iter`), and at most `cap` of them: a
+/// partition that grew past what its design bounds is an error, never unbounded memory.
+async fn read_paged<R>(
+    session: &Session,
+    statement: &PreparedStatement,
+    values: impl SerializeRow,
+    cap: usize,
+    what: &str,
+) -> StoreResult<Vec<R>>
+where
+    R: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata> + Send + 'static,
+{
+    let mut stream = session
+        .execute_iter(statement.clone(), values)
+        .await
+        .map_err(unavailable)?
+        .rows_stream::<R>()
+        .map_err(|err| corrupt(what, err))?;
+    let mut all = Vec::new();
+    while let Some(row) = stream.try_next().await.map_err(unavailable)? {
+        if all.len() == cap {
+            return Err(StoreError::Internal(format!(
+                "ScyllaDB {what}: more than {cap} rows"
+            )));
+        }
+        all.push(row);
+    }
+    Ok(all)
 }
 
 /// Whether a lightweight transaction was applied: the first column of its answer.

@@ -19,19 +19,14 @@ pub(super) struct Migration {
     pub statements: &'static [&'static str],
 }
 
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "leases",
-    statements: &[
-        // One partition per leased key; every change is a compare-and-set on (owner, epoch).
-        "CREATE TABLE IF NOT EXISTS leases (
-            key text PRIMARY KEY,
-            owner text,
-            epoch bigint,
-            expires_at bigint
-        )",
-    ],
-}];
+/// In version order: each area's tables are one migration of its own module.
+pub(super) const MIGRATIONS: &[Migration] = &[
+    super::leases::MIGRATION,
+    super::identity::MIGRATION,
+    super::conversations::MIGRATION,
+    super::knowledge::MIGRATION,
+    super::market::MIGRATION,
+];
 
 /// How long the migration lock lives if its holder dies, and how long others wait for it.
 const LOCK_TTL_SECS: u32 = 60;

@@ -1,0 +1,20 @@
+//! The ConversationStore area on ScyllaDB (not yet written).
+
+use scylla::client::session::Session;
+
+use super::schema::Migration;
+use crate::StoreResult;
+
+pub(super) const MIGRATION: Migration = Migration {
+    version: 3,
+    description: "conversations",
+    statements: &[],
+};
+
+pub(super) struct Statements {}
+
+impl Statements {
+    pub(super) async fn prepare(_session: &Session) -> StoreResult<Statements> {
+        Ok(Statements {})
+    }
+}
