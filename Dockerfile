@@ -11,7 +11,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-pip python3-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --home-dir /data --shell /usr/sbin/nologin sting \
-    && mkdir -p /data && chown sting /data
+    && mkdir -p /data /shared && chown sting /data /shared
 COPY --from=build /src/target/release/sting /usr/local/bin/sting
 USER sting
 # Serve the network (the default is loopback only) and keep state in the volume.

@@ -13,9 +13,9 @@ use sting_actors::model::pool::ModelPoolHandle;
 use sting_actors::remote::{NodeCommand, NodeHandler};
 use sting_actors::session::SessionRegistry;
 use sting_cluster::{Cluster, MemberState, NodeId, NodeReport};
-use sting_store::{SqliteStore, Store, Timestamp};
+use sting_store::{ScyllaStore, SqliteStore, Store, Timestamp};
 
-use crate::config::Config;
+use crate::config::{Config, StoreBackend};
 use crate::edge::rate_limit::RateLimits;
 use crate::identity::IdentityService;
 use crate::knowledge::KnowledgeService;
@@ -69,6 +69,28 @@ const LEAVE_HANDOVER: Duration = Duration::from_secs(30);
 /// How often idle callers are dropped from the rate limiters.
 const RATE_LIMIT_GC_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The store `[store]` configures: the SQLite file in the store directory, or the ScyllaDB
+/// cluster (its schema created or migrated on the way).
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match config.store.backend {
+        StoreBackend::Sqlite => {
+            let path = config.database_path();
+            Arc::new(
+                SqliteStore::open(&path)
+                    .await
+                    .with_context(|| format!("opening store {}", path.display()))?,
+            )
+        }
+        StoreBackend::Scylla => {
+            let scylla = &config.store.scylla;
+            tracing::info!(nodes = ?scylla.nodes, keyspace = %scylla.keyspace, "connecting to ScyllaDB");
+            Arc::new(ScyllaStore::connect(scylla).await.with_context(|| {
+                format!("opening the ScyllaDB store {:?}", scylla.nodes)
+            })?)
+        }
+    })
+}
+
 impl AppContext {
     /// Opens the store, starts the session supervisor and housekeeping, and creates the
     /// bootstrap admin when configured.
@@ -80,12 +102,7 @@ impl AppContext {
         let cluster = Cluster::start(config.cluster_config())
             .await
             .context("starting the cluster node")?;
-        let db_path = config.database_path();
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&db_path)
-                .await
-                .with_context(|| format!("opening store {}", db_path.display()))?,
-        );
+        let store = open_store(&config).await?;
         let (sessions, _) = SessionRegistry::start(store.clone(), config.auth.session_policy())
             .await
             .context("starting session supervisor")?;
@@ -171,7 +188,7 @@ impl AppContext {
             node: cluster.local().clone(),
             cluster: cluster.clone(),
             rate_limits: RateLimits::new(&config.rate_limits),
-            metrics: Metrics::new(),
+            metrics: Metrics::new(store.client_stats().is_some()),
             host: host.clone(),
             closing: tokio::sync::watch::Sender::new(false),
             started_at: Instant::now(),

@@ -60,7 +60,17 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    pub backend: StoreBackend,
     pub dir: String,
+    pub scylla: sting_store::ScyllaConfig,
+}
+
+/// Where the records live: one machine's SQLite file, or a ScyllaDB cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    Sqlite,
+    Scylla,
 }
 
 #[derive(Clone, Deserialize, Serialize)]
@@ -623,6 +633,47 @@ mod tests {
                 Ok(())
             });
         }
+    }
+
+    #[test]
+    fn scylla_examples_and_the_compose_environment_select_scylla() {
+        for node in ["a", "b", "c"] {
+            let path = PathBuf::from(format!(
+                "{}/config/scylla-node-{node}.toml",
+                env!("CARGO_MANIFEST_DIR")
+            ));
+            figment::Jail::expect_with(|jail| {
+                jail.set_env("STING_CLUSTER__COOKIE", "a-long-enough-shared-secret");
+                jail.set_env("STING_STORE__SCYLLA__PASSWORD", "from-the-environment");
+                let config = Config::load(Some(&path), &FlagOverrides::default())
+                    .map_err(|e| e.to_string())?;
+                assert_eq!(config.store.backend, StoreBackend::Scylla);
+                let scylla = &config.store.scylla;
+                assert_eq!(scylla.nodes.len(), 3);
+                assert_eq!(scylla.password, "from-the-environment");
+                assert_eq!(
+                    scylla.replication.class,
+                    sting_store::ReplicationClass::NetworkTopologyStrategy
+                );
+                assert_eq!(scylla.replication.datacenters["datacenter1"], 3);
+                assert!(!format!("{config:?}").contains("from-the-environment"));
+                Ok(())
+            });
+        }
+        // What deploy/compose.scylla.yaml sets.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STING_STORE__BACKEND", "scylla");
+            jail.set_env(
+                "STING_STORE__SCYLLA__NODES",
+                r#"["scylla-1:9042","scylla-2:9042","scylla-3:9042"]"#,
+            );
+            jail.set_env("STING_STORE__SCYLLA__REPLICATION__REPLICATION_FACTOR", "3");
+            let config = Config::load(None, &FlagOverrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.store.backend, StoreBackend::Scylla);
+            assert_eq!(config.store.scylla.nodes[2], "scylla-3:9042");
+            assert_eq!(config.store.scylla.replication.replication_factor, 3);
+            Ok(())
+        });
     }
 
     #[test]

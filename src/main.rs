@@ -11,6 +11,7 @@ mod metrics;
 mod models;
 mod passkeys;
 mod server;
+mod store_cli;
 mod tls;
 
 use std::io::{BufRead, IsTerminal};
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use sting_actors::session::SessionRegistry;
-use sting_store::{Role, SqliteStore, Store};
+use sting_store::Role;
 
 use crate::config::{Config, FlagOverrides, LogFormat, ServerFlags};
 
@@ -50,6 +51,9 @@ enum Command {
     /// See and steer a cluster of nodes through any node's admin API (docs/cluster.md).
     #[command(subcommand)]
     Cluster(cluster_cli::ClusterCommand),
+    /// The store itself: move an embedded deployment to ScyllaDB (docs/scylladb.md).
+    #[command(subcommand)]
+    Store(store_cli::StoreCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +133,7 @@ fn main() -> anyhow::Result<()> {
             Command::Serve(args) => serve(args).await,
             Command::Admin(AdminCommand::CreateUser(args)) => create_user(args).await,
             Command::Cluster(command) => cluster_cli::run(command).await,
+            Command::Store(command) => store_cli::run(command).await,
             Command::Models(ModelsCommand::Prepare(args)) => {
                 let config = load_config(&args.config, ServerFlags::default())?;
                 init_logging(&config);
@@ -244,7 +249,7 @@ async fn create_user(args: CreateUserArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let password = read_password()?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(config.database_path()).await?);
+    let store = app::open_store(&config).await?;
     let (sessions, _) = SessionRegistry::start(store.clone(), config.auth.session_policy()).await?;
     let identity = identity::IdentityService::new(store.clone(), sessions.clone(), &config.auth)?;
     let role = if args.admin { Role::Admin } else { Role::User };

@@ -50,6 +50,8 @@ pub struct NodeSnapshot {
     pub active_conversations: u64,
     pub uptime: Duration,
     pub store_up: bool,
+    /// The store driver's counters, for a networked store (ScyllaDB).
+    pub store_client: Option<sting_store::ClientStats>,
     pub models: Vec<ModelSample>,
     pub cluster: ClusterSample,
 }
@@ -95,6 +97,7 @@ pub struct Metrics {
     websockets: Gauge,
     uptime_seconds: Gauge,
     store_up: Gauge,
+    store_client: Option<StoreClientMetrics>,
     model_loaded: Family<ModelLabels, Gauge>,
     model_inferences: Family<ModelLabels, Counter>,
     model_tokens: Family<ModelLabels, Counter>,
@@ -113,14 +116,90 @@ pub struct Metrics {
     today: Mutex<(i64, u64)>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
+/// The ScyllaDB driver's counters, mirrored at each scrape.
+struct StoreClientMetrics {
+    requests: Counter,
+    errors: Counter,
+    retries: Counter,
+    request_timeouts: Counter,
+    connection_timeouts: Counter,
+    connections: Gauge,
+    latency_mean_ms: Gauge,
+    latency_p99_ms: Gauge,
+}
+
+impl StoreClientMetrics {
+    fn register(registry: &mut Registry) -> StoreClientMetrics {
+        let metrics = StoreClientMetrics {
+            requests: Counter::default(),
+            errors: Counter::default(),
+            retries: Counter::default(),
+            request_timeouts: Counter::default(),
+            connection_timeouts: Counter::default(),
+            connections: Gauge::default(),
+            latency_mean_ms: Gauge::default(),
+            latency_p99_ms: Gauge::default(),
+        };
+        let store = registry.sub_registry_with_prefix("store");
+        store.register(
+            "requests",
+            "Requests the store's driver sent (each page of a paged read counts)",
+            metrics.requests.clone(),
+        );
+        store.register(
+            "request_errors",
+            "Store requests that failed once the retry policy gave up",
+            metrics.errors.clone(),
+        );
+        store.register(
+            "retries",
+            "Store requests retried (idempotent ones only)",
+            metrics.retries.clone(),
+        );
+        store.register(
+            "request_timeouts",
+            "Store requests that timed out",
+            metrics.request_timeouts.clone(),
+        );
+        store.register(
+            "connection_timeouts",
+            "Connections to store nodes that timed out",
+            metrics.connection_timeouts.clone(),
+        );
+        store.register(
+            "connections",
+            "Open connections to the store's nodes (one per shard per node)",
+            metrics.connections.clone(),
+        );
+        store.register(
+            "latency_mean_milliseconds",
+            "Mean store request latency",
+            metrics.latency_mean_ms.clone(),
+        );
+        store.register(
+            "latency_p99_milliseconds",
+            "99th percentile of store request latency",
+            metrics.latency_p99_ms.clone(),
+        );
+        metrics
+    }
+
+    fn update(&self, stats: &sting_store::ClientStats) {
+        catch_up(&self.requests, stats.requests);
+        catch_up(&self.errors, stats.errors);
+        catch_up(&self.retries, stats.retries);
+        catch_up(&self.request_timeouts, stats.request_timeouts);
+        catch_up(&self.connection_timeouts, stats.connection_timeouts);
+        self.connections.set(stats.connections as i64);
+        self.latency_mean_ms.set(stats.latency_mean_ms as i64);
+        self.latency_p99_ms.set(stats.latency_p99_ms as i64);
     }
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// `networked_store`: the store has a driver of its own whose counters are exported
+    /// (`sting_store_*`); an embedded store has none.
+    pub fn new(networked_store: bool) -> Metrics {
         let mut registry = Registry::with_prefix("sting");
         let requests = Family::<RequestLabels, Counter>::default();
         let durations = Family::<CategoryLabels, Histogram>::new_with_constructor(|| {
@@ -230,8 +309,10 @@ impl Metrics {
              expired or foreign answer)",
             passkey_ceremonies.clone(),
         );
+        let store_client = networked_store.then(|| StoreClientMetrics::register(&mut registry));
         Metrics {
             registry,
+            store_client,
             cluster_members,
             passkey_ceremonies,
             active_shards,
@@ -327,6 +408,9 @@ impl Metrics {
             .set(snapshot.active_conversations as i64);
         self.uptime_seconds.set(snapshot.uptime.as_secs() as i64);
         self.store_up.set(i64::from(snapshot.store_up));
+        if let (Some(metrics), Some(stats)) = (&self.store_client, &snapshot.store_client) {
+            metrics.update(stats);
+        }
         for model in &snapshot.models {
             let labels = ModelLabels {
                 model: model.name.clone(),
@@ -459,7 +543,7 @@ mod tests {
 
     #[test]
     fn stats_average_and_error_rate() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(true);
         metrics.record_request("GET", "general", 200, Duration::from_millis(10));
         metrics.record_request("GET", "general", 503, Duration::from_millis(30));
         let stats = metrics.request_stats();
@@ -471,6 +555,13 @@ mod tests {
             active_conversations: 2,
             uptime: Duration::from_secs(9),
             store_up: true,
+            store_client: Some(sting_store::ClientStats {
+                requests: 12,
+                retries: 2,
+                connections: 6,
+                latency_p99_ms: 8,
+                ..Default::default()
+            }),
             models: vec![ModelSample {
                 name: "m".into(),
                 loaded: true,
@@ -501,5 +592,27 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sting_cluster_remote_calls_total 5"));
+        assert!(text.contains("sting_store_requests_total 12"), "{text}");
+        assert!(text.contains("sting_store_retries_total 2"));
+        assert!(text.contains("sting_store_connections 6"));
+        assert!(text.contains("sting_store_latency_p99_milliseconds 8"));
+        let embedded = Metrics::new(false).encode(&NodeSnapshot {
+            active_sessions: 0,
+            active_conversations: 0,
+            uptime: Duration::ZERO,
+            store_up: true,
+            store_client: None,
+            models: Vec::new(),
+            cluster: ClusterSample {
+                members: Vec::new(),
+                active_shards: 0,
+                heartbeats_sent: 0,
+                nodes_declared_down: 0,
+                remote_calls: 0,
+                remote_call_failures: 0,
+                remote_casts: 0,
+            },
+        });
+        assert!(!embedded.contains("sting_store_requests"), "{embedded}");
     }
 }

@@ -407,6 +407,7 @@ pub async fn prometheus(ctx: Arc<AppContext>) -> Response {
         active_conversations: ctx.chat.active_count(),
         uptime: ctx.started_at.elapsed(),
         store_up,
+        store_client: ctx.store.client_stats(),
         models,
         cluster: cluster_sample(&ctx),
     });

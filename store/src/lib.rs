@@ -12,6 +12,7 @@
 //!
 //! One contract suite (`tests`) is written once against `&dyn Store` and run per backend.
 
+pub mod copy;
 mod error;
 mod model;
 mod scylladb;
@@ -27,9 +28,9 @@ pub use model::{
     ConversationQuery, ConversationSort, Document, DocumentId, DocumentStatus, HoneyJar, JarId,
     JarQuery, JarSettings, Lease, License, LicenseType, Listing, ListingId, ListingQuery,
     ListingSort, ListingStatus, Message, MessageRole, MessageStatus, Order, OrderId, OrderStatus,
-    Page, Passkey, PruningRecord, Role, Session, SortOrder, Timestamp, User, UserId, Visibility,
+    Page, Passkey, PruningRecord, Rating, Role, Session, SortOrder, Timestamp, User, UserId, Visibility,
 };
-pub use scylladb::{Replication, ScyllaConfig, ScyllaStore};
+pub use scylladb::{Replication, ReplicationClass, ScyllaConfig, ScyllaStore};
 pub use sqlite::SqliteStore;
 
 /// The store traits, to call any store method on a `dyn Store`.
@@ -37,6 +38,24 @@ pub mod prelude {
     pub use crate::{
         ConversationStore, IdentityStore, KnowledgeStore, LeaseStore, MarketStore, Store,
     };
+}
+
+/// What a networked backend's driver counted since the node started.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ClientStats {
+    /// Requests sent (each page of a paged read counts).
+    pub requests: u64,
+    /// Requests that failed after the retry policy gave up.
+    pub errors: u64,
+    /// Retries the retry policy made (idempotent requests only).
+    pub retries: u64,
+    pub request_timeouts: u64,
+    pub connection_timeouts: u64,
+    /// Open connections (one per shard per node on ScyllaDB).
+    pub connections: u64,
+    /// Request latency in milliseconds: mean and 99th percentile.
+    pub latency_mean_ms: u64,
+    pub latency_p99_ms: u64,
 }
 
 /// Result of every store operation.
@@ -67,6 +86,12 @@ pub trait Store:
 
     /// Makes every acknowledged write durable and compacts logs (called at shutdown).
     async fn flush(&self) -> StoreResult<()>;
+
+    /// The client's own counters for a networked backend (the ScyllaDB driver's), exported to
+    /// Prometheus; `None` for an embedded one.
+    fn client_stats(&self) -> Option<ClientStats> {
+        None
+    }
 }
 
 /// Accounts, login sessions and passkeys.

@@ -601,6 +601,16 @@ pub struct Order {
     pub paid_at: Option<Timestamp>,
 }
 
+/// A buyer's rating of a listing (one per buyer; a new one replaces it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rating {
+    pub listing_id: ListingId,
+    pub buyer_id: UserId,
+    /// 1 to 5.
+    pub stars: u8,
+    pub rated_at: Timestamp,
+}
+
 /// A buyer's right to read a jar: an order that was paid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct License {

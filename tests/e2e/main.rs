@@ -13,6 +13,7 @@ mod marketplace;
 mod models;
 mod openai;
 mod passkeys;
+mod store_copy;
 mod system;
 mod web;
 mod ws;

@@ -69,14 +69,46 @@ impl std::fmt::Debug for ScyllaConfig {
     }
 }
 
-/// How many copies of each row the keyspace keeps, and where.
+/// How many copies of each row the keyspace keeps, and where. Flat rather than an enum so
+/// that a configuration file layered over the defaults can switch the class.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(tag = "class", deny_unknown_fields)]
-pub enum Replication {
+#[serde(deny_unknown_fields)]
+pub struct Replication {
+    pub class: ReplicationClass,
+    /// Copies, with `SimpleStrategy`.
+    pub replication_factor: u32,
+    /// Copies per datacenter, with `NetworkTopologyStrategy` (3 per DC tolerates one node
+    /// down at LOCAL_QUORUM).
+    #[serde(default)]
+    pub datacenters: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ReplicationClass {
     /// One datacenter, for development and tests.
-    SimpleStrategy { replication_factor: u32 },
-    /// Production: copies per datacenter (3 per DC tolerates one node down at LOCAL_QUORUM).
-    NetworkTopologyStrategy { datacenters: BTreeMap<String, u32> },
+    SimpleStrategy,
+    /// Production: copies per datacenter.
+    NetworkTopologyStrategy,
+}
+
+impl Replication {
+    /// One datacenter with `replication_factor` copies.
+    pub fn simple(replication_factor: u32) -> Replication {
+        Replication {
+            class: ReplicationClass::SimpleStrategy,
+            replication_factor,
+            datacenters: BTreeMap::new(),
+        }
+    }
+
+    /// Copies per datacenter.
+    pub fn per_datacenter(datacenters: BTreeMap<String, u32>) -> Replication {
+        Replication {
+            class: ReplicationClass::NetworkTopologyStrategy,
+            replication_factor: 0,
+            datacenters,
+        }
+    }
 }
 
 impl ScyllaConfig {
@@ -147,6 +179,45 @@ impl ScyllaStore {
             knowledge: knowledge::Statements::prepare(&session).await?,
             market: market::Statements::prepare(&session).await?,
             session: Arc::new(session),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::Store for ScyllaStore {
+    fn backend_name(&self) -> &'static str {
+        "scylla"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.session
+            .query_unpaged("SELECT release_version FROM system.local", ())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// A write is durable (in the replicas' commit logs) once acknowledged: nothing to do.
+    async fn flush(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    fn client_stats(&self) -> Option<crate::ClientStats> {
+        let metrics = self.session.get_metrics();
+        Some(crate::ClientStats {
+            requests: metrics.get_requests_unpaged_num()
+                + metrics.get_requests_manually_paged_num()
+                + metrics.get_requests_automatically_paged_num(),
+            errors: metrics.get_errors_unpaged_num()
+                + metrics.get_errors_manually_paged_num()
+                + metrics.get_errors_automatically_paged_num(),
+            retries: metrics.get_retries_num(),
+            request_timeouts: metrics.get_request_timeouts(),
+            connection_timeouts: metrics.get_connection_timeouts(),
+            connections: metrics.get_total_connections(),
+            // Errors only before the first request (an empty histogram).
+            latency_mean_ms: metrics.get_latency_avg_ms().unwrap_or(0),
+            latency_p99_ms: metrics.get_latency_percentile_ms(99.0).unwrap_or(0),
         })
     }
 }

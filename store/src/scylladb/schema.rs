@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use scylla::client::session::Session;
 
-use super::{applied, invalid, unavailable, Replication};
+use super::{applied, invalid, unavailable, Replication, ReplicationClass};
 use crate::{StoreError, StoreResult};
 
 pub(super) struct Migration {
@@ -36,11 +36,18 @@ const WAIT_FOR_MIGRATIONS: Duration = Duration::from_secs(120);
 /// they cannot be bound as values.
 pub(super) fn create_keyspace(keyspace: &str, replication: &Replication) -> StoreResult<String> {
     check_name("keyspace", keyspace)?;
-    let options = match replication {
-        Replication::SimpleStrategy { replication_factor } => {
-            format!("'class': 'SimpleStrategy', 'replication_factor': {replication_factor}")
+    let options = match replication.class {
+        ReplicationClass::SimpleStrategy => {
+            if replication.replication_factor == 0 {
+                return Err(invalid("replication_factor must be at least 1".into()));
+            }
+            format!(
+                "'class': 'SimpleStrategy', 'replication_factor': {}",
+                replication.replication_factor
+            )
         }
-        Replication::NetworkTopologyStrategy { datacenters } => {
+        ReplicationClass::NetworkTopologyStrategy => {
+            let datacenters = &replication.datacenters;
             if datacenters.is_empty() {
                 return Err(invalid("NetworkTopologyStrategy needs a datacenter".into()));
             }

@@ -16,17 +16,16 @@ use super::*;
 
 #[test]
 fn keyspaces_are_created_with_the_configured_replication() {
-    let simple = Replication::SimpleStrategy {
-        replication_factor: 1,
-    };
+    let simple = Replication::simple(1);
     assert_eq!(
         create_keyspace("sting", &simple).unwrap(),
         "CREATE KEYSPACE IF NOT EXISTS sting WITH replication = \
          {'class': 'SimpleStrategy', 'replication_factor': 1}"
     );
-    let topology = Replication::NetworkTopologyStrategy {
-        datacenters: BTreeMap::from([("eu_west".to_owned(), 3), ("us_east".to_owned(), 3)]),
-    };
+    let topology = Replication::per_datacenter(BTreeMap::from([
+        ("eu_west".to_owned(), 3),
+        ("us_east".to_owned(), 3),
+    ]));
     assert_eq!(
         create_keyspace("sting", &topology).unwrap(),
         "CREATE KEYSPACE IF NOT EXISTS sting WITH replication = \
@@ -36,9 +35,7 @@ fn keyspaces_are_created_with_the_configured_replication() {
 
 #[test]
 fn names_that_are_not_identifiers_are_refused() {
-    let simple = Replication::SimpleStrategy {
-        replication_factor: 1,
-    };
+    let simple = Replication::simple(1);
     for bad in [
         "",
         "sting; DROP KEYSPACE x",
@@ -48,14 +45,11 @@ fn names_that_are_not_identifiers_are_refused() {
     ] {
         assert!(create_keyspace(bad, &simple).is_err(), "{bad:?}");
     }
-    let injected = Replication::NetworkTopologyStrategy {
-        datacenters: BTreeMap::from([("dc1': 3, 'x".to_owned(), 3)]),
-    };
+    let injected = Replication::per_datacenter(BTreeMap::from([("dc1': 3, 'x".to_owned(), 3)]));
     assert!(create_keyspace("sting", &injected).is_err());
-    let empty = Replication::NetworkTopologyStrategy {
-        datacenters: BTreeMap::new(),
-    };
+    let empty = Replication::per_datacenter(BTreeMap::new());
     assert!(create_keyspace("sting", &empty).is_err());
+    assert!(create_keyspace("sting", &Replication::simple(0)).is_err());
 }
 
 #[test]
@@ -77,7 +71,11 @@ fn configuration_parses_and_hides_the_password() {
     let config: ScyllaConfig = serde_json::from_value(serde_json::json!({
         "nodes": ["10.0.0.1:9042"],
         "keyspace": "sting",
-        "replication": {"class": "NetworkTopologyStrategy", "datacenters": {"dc1": 3}},
+        "replication": {
+            "class": "NetworkTopologyStrategy",
+            "replication_factor": 1,
+            "datacenters": {"dc1": 3}
+        },
         "consistency": "local_quorum",
         "serial_consistency": "local_serial",
         "username": "sting",
@@ -126,9 +124,7 @@ fn config(nodes: Vec<String>, keyspace: &str) -> ScyllaConfig {
     ScyllaConfig {
         nodes,
         keyspace: keyspace.to_owned(),
-        replication: Replication::SimpleStrategy {
-            replication_factor: 1,
-        },
+        replication: Replication::simple(1),
         consistency: "local_quorum".into(),
         serial_consistency: "local_serial".into(),
         username: std::env::var("STING_SCYLLA_USERNAME").unwrap_or_default(),

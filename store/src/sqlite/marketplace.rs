@@ -10,11 +10,11 @@ use crate::{
     Order, OrderId, OrderStatus, Page, SortOrder, StoreError, StoreResult, Timestamp, UserId,
 };
 
-const LISTING_COLUMNS: &str = "id, jar_id, seller_id, title, description, price_minor, currency,
+pub(super) const LISTING_COLUMNS: &str = "id, jar_id, seller_id, title, description, price_minor, currency,
     category, license_type, preview_enabled, status, rating_sum, rating_count, created_at,
     updated_at";
 
-fn listing_from_row(row: &Row<'_>) -> rusqlite::Result<Listing> {
+pub(super) fn listing_from_row(row: &Row<'_>) -> rusqlite::Result<Listing> {
     let license: String = row.get(8)?;
     let status: String = row.get(10)?;
     Ok(Listing {

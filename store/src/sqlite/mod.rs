@@ -3,6 +3,7 @@
 //! Writes go through one connection (SQLite has a single writer anyway, and serialising them
 //! in-process avoids busy retries); reads spread over a few reader connections.
 
+mod export;
 mod knowledge;
 mod marketplace;
 mod migrations;
@@ -178,9 +179,9 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
     })
 }
 
-const SESSION_COLUMNS: &str = "id, token_hash, user_id, created_at, expires_at, last_seen_at";
+pub(super) const SESSION_COLUMNS: &str = "id, token_hash, user_id, created_at, expires_at, last_seen_at";
 
-fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
+pub(super) fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
     Ok(Session {
         id: parse_uuid(&row.get::<_, String>(0)?)?,
         token_hash: row.get(1)?,

@@ -3,13 +3,15 @@
 
 use uuid::Uuid;
 
+use crate::prelude::*;
+
 use crate::{
     conversation_lease_key, Ceremony, CeremonyKind, Chunk, Conversation, ConversationId,
     ConversationQuery, ConversationSort, Document, DocumentId, DocumentStatus, HoneyJar, JarId,
     JarQuery, JarSettings, Lease, LeaseStore, LicenseType, Listing, ListingId, ListingQuery,
     ListingSort, ListingStatus, Message, MessageRole, MessageStatus, Order, OrderStatus, Page,
-    Passkey, PruningRecord, Role, Session, SortOrder, Store, StoreError, Timestamp, User, UserId,
-    Visibility,
+    Passkey, PruningRecord, Role, Session, SortOrder, SqliteStore, Store, StoreError, Timestamp,
+    User, UserId, Visibility,
 };
 
 /// Generates one `#[tokio::test]` per contract behaviour. `$factory` is an async expression
@@ -37,7 +39,7 @@ macro_rules! store_test_suite {
             delete_jar_cascades, listings_filter_sort_and_page, orders_are_idempotent_per_key,
             ratings_replace_and_move_the_mean, deleting_a_jar_withdraws_its_listings,
             passkeys_belong_to_one_account, passkey_counter_only_moves_up,
-            ceremonies_are_single_use_and_expire);
+            ceremonies_are_single_use_and_expire, copy_moves_everything_and_resumes);
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
         $(
@@ -2189,5 +2191,148 @@ pub async fn ceremonies_are_single_use_and_expire(store: &dyn Store) {
     assert_eq!(
         store.take_ceremony("late", Timestamp(1_000)).await.unwrap(),
         None
+    );
+}
+
+/// A small embedded deployment with a record in every table the copy moves: two users with a
+/// session and a passkey, a jar with two documents (one processed into chunks), a listing
+/// bought, paid and rated, a withdrawn listing, and a conversation longer than one save.
+async fn populated_sqlite(dir: &std::path::Path) -> SqliteStore {
+    let source = SqliteStore::open(dir.join("source.db")).await.unwrap();
+    let seller = sample_user("seller@example.com");
+    let buyer = sample_user("buyer@example.com");
+    for user in [&seller, &buyer] {
+        source.create_user(user).await.unwrap();
+    }
+    source
+        .create_session(&sample_session(&buyer, &"5e".repeat(32), 9_000_000_000_000))
+        .await
+        .unwrap();
+    source
+        .create_passkey(&sample_passkey("cred-1", buyer.id, 2_000))
+        .await
+        .unwrap();
+    let jar = HoneyJar {
+        visibility: Visibility::Shared,
+        tags: vec!["docs".to_owned()],
+        shared_with: vec![buyer.id],
+        wrapped_key: Some(vec![1, 2, 3]),
+        ..sample_jar(seller.id)
+    };
+    source.create_jar(&jar).await.unwrap();
+    let processed = sample_document(&jar);
+    source.create_document(&processed).await.unwrap();
+    save_processed(&source, &processed, 5).await;
+    source.create_document(&sample_document(&jar)).await.unwrap();
+    let listing = sample_listing(&jar, 1_500, "docs", 3_000);
+    source.create_listing(&listing).await.unwrap();
+    let withdrawn = sample_listing(&jar, 900, "docs", 3_100);
+    source.create_listing(&withdrawn).await.unwrap();
+    source
+        .update_listing(&Listing {
+            status: ListingStatus::Withdrawn,
+            ..withdrawn
+        })
+        .await
+        .unwrap();
+    let order = source
+        .place_order(&sample_order(&listing, buyer.id, "key-1"))
+        .await
+        .unwrap();
+    source
+        .mark_order_paid(order.id, Timestamp(6_000))
+        .await
+        .unwrap();
+    source
+        .rate_listing(listing.id, buyer.id, 4, Timestamp(7_000))
+        .await
+        .unwrap();
+    let mut conversation = sample_conversation(buyer.id, Uuid::new_v4());
+    let messages: Vec<Message> = (1..=250)
+        .map(|seq| sample_message(conversation.id, seq, MessageRole::User))
+        .collect();
+    conversation.message_count = 250;
+    conversation.last_message = "message 250".to_owned();
+    let lease = create_conversation(&source, &conversation, &messages).await;
+    source.release_lease(&lease).await.unwrap();
+    source
+}
+
+/// `sting store copy`: every record arrives, a copy stopped midway resumes from its checkpoint
+/// and ends in the same state, and the verification names what differs.
+pub async fn copy_moves_everything_and_resumes(target: &dyn Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let source = populated_sqlite(dir.path()).await;
+    let checkpoint = dir.path().join("copy.json");
+
+    // Stopped once the jars are copied: the future is dropped, as by Ctrl-C or a crash.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut stop = Some(stop);
+    let mut report = |progress: crate::copy::Progress| {
+        if progress.stage == crate::copy::Stage::Jars {
+            stop.take().map(|stop| stop.send(()));
+        }
+    };
+    tokio::select! {
+        result = crate::copy::copy(&source, target, "target", &checkpoint, &mut report) => {
+            panic!("the copy should have been stopped: {result:?}")
+        }
+        _ = stopped => {}
+    }
+    let saved: crate::copy::Checkpoint =
+        serde_json::from_slice(&std::fs::read(&checkpoint).unwrap()).unwrap();
+    assert_eq!(saved.stage, Some(crate::copy::Stage::Documents), "{saved:?}");
+    let partial = crate::copy::verify(&source, target).await.unwrap();
+    let differs: Vec<_> = partial.iter().filter(|t| !t.matches()).map(|t| t.table).collect();
+    assert!(differs.contains(&"documents") && differs.contains(&"conversations"));
+
+    let mut stages = Vec::new();
+    let mut record = |progress: crate::copy::Progress| stages.push(progress.stage);
+    crate::copy::copy(&source, target, "target", &checkpoint, &mut record)
+        .await
+        .unwrap();
+    assert_eq!(
+        stages.first(),
+        Some(&crate::copy::Stage::Documents),
+        "resumed where it stopped"
+    );
+    let checks = crate::copy::verify(&source, target).await.unwrap();
+    for check in &checks {
+        assert!(check.matches(), "{check:?}");
+        assert!(check.source_count > 0, "{check:?}");
+    }
+    let messages = checks.iter().find(|c| c.table == "messages").unwrap();
+    assert_eq!(messages.target_count, 250);
+
+    // Again from the start (another target name): every write repeats harmlessly.
+    crate::copy::copy(&source, target, "target-again", &checkpoint, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(crate::copy::verify(&source, target).await.unwrap(), checks);
+
+    // A difference is found and named.
+    let (jars, _) = source
+        .list_jars(&JarQuery {
+            reader: None,
+            visibility: None,
+            owner: None,
+            tag: None,
+            search: None,
+            page: Page {
+                limit: 10,
+                offset: 0,
+            },
+        })
+        .await
+        .unwrap();
+    let mut renamed = jars[0].clone();
+    renamed.name = "Renamed on the target".to_owned();
+    target.update_jar(&renamed).await.unwrap();
+    let checks = crate::copy::verify(&source, target).await.unwrap();
+    let jars = checks.iter().find(|c| c.table == "jars").unwrap();
+    assert!(!jars.matches());
+    assert_eq!(
+        jars.first_difference,
+        Some(format!("{:?} differs", renamed.id))
     );
 }
