@@ -84,9 +84,11 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         StoreBackend::Scylla => {
             let scylla = &config.store.scylla;
             tracing::info!(nodes = ?scylla.nodes, keyspace = %scylla.keyspace, "connecting to ScyllaDB");
-            Arc::new(ScyllaStore::connect(scylla).await.with_context(|| {
-                format!("opening the ScyllaDB store {:?}", scylla.nodes)
-            })?)
+            Arc::new(
+                ScyllaStore::connect(scylla)
+                    .await
+                    .with_context(|| format!("opening the ScyllaDB store {:?}", scylla.nodes))?,
+            )
         }
     })
 }

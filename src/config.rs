@@ -668,7 +668,8 @@ mod tests {
                 r#"["scylla-1:9042","scylla-2:9042","scylla-3:9042"]"#,
             );
             jail.set_env("STING_STORE__SCYLLA__REPLICATION__REPLICATION_FACTOR", "3");
-            let config = Config::load(None, &FlagOverrides::default()).map_err(|e| e.to_string())?;
+            let config =
+                Config::load(None, &FlagOverrides::default()).map_err(|e| e.to_string())?;
             assert_eq!(config.store.backend, StoreBackend::Scylla);
             assert_eq!(config.store.scylla.nodes[2], "scylla-3:9042");
             assert_eq!(config.store.scylla.replication.replication_factor, 3);

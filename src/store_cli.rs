@@ -69,9 +69,15 @@ async fn copy_store(args: CopyArgs) -> anyhow::Result<()> {
                 progress.records
             );
         };
-        copy::copy(&source, target.as_ref(), &target_name, &checkpoint, &mut report)
-            .await
-            .context("copy interrupted; run the same command again to resume")?;
+        copy::copy(
+            &source,
+            target.as_ref(),
+            &target_name,
+            &checkpoint,
+            &mut report,
+        )
+        .await
+        .context("copy interrupted; run the same command again to resume")?;
     }
 
     eprintln!("verifying (counts and SHA-256 of every table, read back from both stores)");

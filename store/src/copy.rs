@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 
 use crate::prelude::*;
 use crate::{
-    ConversationQuery, ConversationSort, HoneyJar, JarQuery, Listing, Page, SortOrder,
-    SqliteStore, StoreError, StoreResult, Timestamp, User,
+    ConversationQuery, ConversationSort, HoneyJar, JarQuery, Listing, Page, SortOrder, SqliteStore,
+    StoreError, StoreResult, Timestamp, User,
 };
 
 /// Records read per page of the source.

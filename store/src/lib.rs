@@ -23,12 +23,14 @@ mod tests;
 use async_trait::async_trait;
 
 pub use error::StoreError;
+pub(crate) use model::{check_chunks, embedding_from_bytes, embedding_to_bytes};
 pub use model::{
     conversation_lease_key, Ceremony, CeremonyKind, Chunk, Conversation, ConversationId,
     ConversationQuery, ConversationSort, Document, DocumentId, DocumentStatus, HoneyJar, JarId,
     JarQuery, JarSettings, Lease, License, LicenseType, Listing, ListingId, ListingQuery,
     ListingSort, ListingStatus, Message, MessageRole, MessageStatus, Order, OrderId, OrderStatus,
-    Page, Passkey, PruningRecord, Rating, Role, Session, SortOrder, Timestamp, User, UserId, Visibility,
+    Page, Passkey, PruningRecord, Rating, Role, Session, SortOrder, Timestamp, User, UserId,
+    Visibility,
 };
 pub use scylladb::{Replication, ReplicationClass, ScyllaConfig, ScyllaStore};
 pub use sqlite::SqliteStore;

@@ -601,6 +601,39 @@ pub struct Order {
     pub paid_at: Option<Timestamp>,
 }
 
+/// An embedding as stored: little-endian f32 bytes, exact bit for bit.
+pub fn embedding_to_bytes(embedding: &[f32]) -> Vec<u8> {
+    embedding.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The embedding stored as `bytes`; `None` when they are not whole f32s.
+pub fn embedding_from_bytes(bytes: &[u8]) -> Option<Vec<f32>> {
+    if !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    )
+}
+
+/// Refuses chunks that belong to another document (or another jar): they would be stored
+/// under keys their own document's deletion never reaches.
+pub fn check_chunks(document: &Document, chunks: &[Chunk]) -> crate::StoreResult<()> {
+    match chunks
+        .iter()
+        .find(|c| c.document_id != document.id || c.jar_id != document.jar_id)
+    {
+        None => Ok(()),
+        Some(stray) => Err(crate::StoreError::Internal(format!(
+            "chunk {} of document {} in jar {} saved with document {} in jar {}",
+            stray.seq, stray.document_id, stray.jar_id, document.id, document.jar_id
+        ))),
+    }
+}
+
 /// A buyer's rating of a listing (one per buyer; a new one replaces it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rating {

@@ -37,7 +37,10 @@ async fn an_embedded_deployment_moves_to_another_store_and_keeps_serving() {
     let stdout = String::from_utf8_lossy(&copied.stdout);
     let stderr = String::from_utf8_lossy(&copied.stderr);
     assert!(copied.status.success(), "{stdout}\n{stderr}");
-    assert!(stderr.contains("conversations"), "progress is shown: {stderr}");
+    assert!(
+        stderr.contains("conversations"),
+        "progress is shown: {stderr}"
+    );
     assert!(stdout.contains("all 10 tables match"), "{stdout}");
     assert!(source_dir.path().join("sting.db.copy.json").exists());
 
@@ -49,7 +52,9 @@ async fn an_embedded_deployment_moves_to_another_store_and_keeps_serving() {
     let moved = ServerOptions::new().start_in(target_dir.path()).await;
     let me = moved.get("/api/auth/session", Some(&token)).await;
     assert_eq!(me.status, StatusCode::OK, "the session moved: {}", me.body);
-    let login = moved.login("mover@example.com", "correct horse battery").await;
+    let login = moved
+        .login("mover@example.com", "correct horse battery")
+        .await;
     assert_eq!(login.status, StatusCode::OK, "{}", login.body);
     let reply = moved
         .get(&format!("/api/knowledge/honey-pots/{jar}"), Some(&token))
@@ -58,8 +63,14 @@ async fn an_embedded_deployment_moves_to_another_store_and_keeps_serving() {
     assert_eq!(reply.body["name"], "Moving notes");
 
     for (to, expected) in [
-        (format!("sqlite:{}", from.display()), "names the source itself"),
-        ("postgres".to_owned(), "expected `scylla` or `sqlite:<path>`"),
+        (
+            format!("sqlite:{}", from.display()),
+            "names the source itself",
+        ),
+        (
+            "postgres".to_owned(),
+            "expected `scylla` or `sqlite:<path>`",
+        ),
     ] {
         let refused = store_copy(source_dir.path(), &from, &to);
         assert!(!refused.status.success());

@@ -25,8 +25,9 @@ use uuid::Uuid;
 use super::schema::Migration;
 use super::{applied, corrupt, maybe_row, prepare, read_paged, rows, unavailable, ScyllaStore};
 use crate::{
-    Chunk, Document, DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings,
-    KnowledgeStore, Page, StoreError, StoreResult, Timestamp, UserId, Visibility,
+    check_chunks, embedding_from_bytes, embedding_to_bytes, Chunk, Document, DocumentId,
+    DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings, KnowledgeStore, Page, StoreError,
+    StoreResult, Timestamp, UserId, Visibility,
 };
 
 pub(super) const MIGRATION: Migration = Migration {
@@ -557,23 +558,6 @@ fn first_occurrences<T: PartialEq + Clone>(values: &[T]) -> Vec<T> {
     kept
 }
 
-/// An embedding as little-endian f32 bytes, as SQLite stores it: exact, bit for bit.
-fn embedding_to_bytes(embedding: &[f32]) -> Vec<u8> {
-    embedding.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn embedding_from_bytes(bytes: &[u8]) -> Option<Vec<f32>> {
-    if !bytes.len().is_multiple_of(4) {
-        return None;
-    }
-    Some(
-        bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-    )
-}
-
 fn count(what: &str, value: i64) -> StoreResult<u64> {
     u64::try_from(value).map_err(|err| corrupt(what, format!("{value}: {err}")))
 }
@@ -813,22 +797,6 @@ fn chunk_from_row(row: ChunkRow) -> StoreResult<Chunk> {
         token_count: narrow("chunk token_count", row.token_count)?,
         embedding,
     })
-}
-
-/// Refuses chunks that belong to another document (or another jar): they would be stored
-/// under keys their own document's deletion never reaches. A copy of the SQLite backend's
-/// check, which is private to its module.
-fn check_chunks(document: &Document, chunks: &[Chunk]) -> StoreResult<()> {
-    match chunks
-        .iter()
-        .find(|c| c.document_id != document.id || c.jar_id != document.jar_id)
-    {
-        None => Ok(()),
-        Some(stray) => Err(StoreError::Internal(format!(
-            "chunk {} of document {} in jar {} saved with document {} in jar {}",
-            stray.seq, stray.document_id, stray.jar_id, document.id, document.jar_id
-        ))),
-    }
 }
 
 fn jar_not_found() -> StoreError {

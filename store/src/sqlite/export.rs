@@ -15,7 +15,8 @@ impl SqliteStore {
             let mut statement = conn.prepare(&format!(
                 "SELECT {SESSION_COLUMNS} FROM sessions ORDER BY token_hash LIMIT ?1 OFFSET ?2"
             ))?;
-            let rows = statement.query_map(params![page.limit, page.offset as i64], session_from_row)?;
+            let rows =
+                statement.query_map(params![page.limit, page.offset as i64], session_from_row)?;
             rows.collect()
         })
         .await
@@ -27,7 +28,8 @@ impl SqliteStore {
             let mut statement = conn.prepare(&format!(
                 "SELECT {LISTING_COLUMNS} FROM listings ORDER BY id LIMIT ?1 OFFSET ?2"
             ))?;
-            let rows = statement.query_map(params![page.limit, page.offset as i64], listing_from_row)?;
+            let rows =
+                statement.query_map(params![page.limit, page.offset as i64], listing_from_row)?;
             rows.collect()
         })
         .await

@@ -585,23 +585,6 @@ pub(super) fn delete_document(tx: &Connection, id: DocumentId) -> StoreResult<Op
 
 const CHUNK_COLUMNS: &str = "document_id, seq, jar_id, text, page, section, token_count, embedding";
 
-/// An embedding as little-endian f32 bytes: exact, and readable by any backend.
-fn embedding_to_bytes(embedding: &[f32]) -> Vec<u8> {
-    embedding.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn embedding_from_bytes(bytes: &[u8]) -> Option<Vec<f32>> {
-    if !bytes.len().is_multiple_of(4) {
-        return None;
-    }
-    Some(
-        bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-    )
-}
-
 fn chunk_from_row(row: &Row<'_>) -> rusqlite::Result<Chunk> {
     let embedding: Vec<u8> = row.get(7)?;
     Ok(Chunk {
@@ -612,7 +595,7 @@ fn chunk_from_row(row: &Row<'_>) -> rusqlite::Result<Chunk> {
         page: row.get(4)?,
         section: row.get(5)?,
         token_count: row.get(6)?,
-        embedding: embedding_from_bytes(&embedding).ok_or_else(|| {
+        embedding: crate::embedding_from_bytes(&embedding).ok_or_else(|| {
             bad_value(
                 7,
                 format!("embedding of {} bytes is not f32s", embedding.len()),
@@ -631,21 +614,6 @@ fn select_chunks(
         .query_map(args, chunk_from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(chunks)
-}
-
-/// Refuses chunks that belong to another document (or another jar): they would be stored
-/// under keys their own document's deletion never reaches.
-pub(super) fn check_chunks(document: &Document, chunks: &[Chunk]) -> StoreResult<()> {
-    match chunks
-        .iter()
-        .find(|c| c.document_id != document.id || c.jar_id != document.jar_id)
-    {
-        None => Ok(()),
-        Some(stray) => Err(StoreError::Internal(format!(
-            "chunk {} of document {} in jar {} saved with document {} in jar {}",
-            stray.seq, stray.document_id, stray.jar_id, document.id, document.jar_id
-        ))),
-    }
 }
 
 /// How many chunks a document has stored.
@@ -685,7 +653,7 @@ fn count_chunks(tx: &Connection, jar_id: JarId, before: u64, after: u64) -> Stor
 }
 
 /// Replaces a document's chunks and record and moves its jar's counts by the difference; the
-/// caller has run [`check_chunks`].
+/// caller has run [`crate::check_chunks`].
 pub(super) fn save_chunks(
     tx: &Connection,
     document: &Document,
@@ -713,7 +681,7 @@ pub(super) fn save_chunks(
                 chunk.page,
                 chunk.section,
                 chunk.token_count,
-                embedding_to_bytes(&chunk.embedding),
+                crate::embedding_to_bytes(&chunk.embedding),
             ])
             .map_err(map_err)?;
     }

@@ -10,7 +10,8 @@ use crate::{
     Order, OrderId, OrderStatus, Page, SortOrder, StoreError, StoreResult, Timestamp, UserId,
 };
 
-pub(super) const LISTING_COLUMNS: &str = "id, jar_id, seller_id, title, description, price_minor, currency,
+pub(super) const LISTING_COLUMNS: &str =
+    "id, jar_id, seller_id, title, description, price_minor, currency,
     category, license_type, preview_enabled, status, rating_sum, rating_count, created_at,
     updated_at";
 

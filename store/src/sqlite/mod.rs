@@ -179,7 +179,8 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
     })
 }
 
-pub(super) const SESSION_COLUMNS: &str = "id, token_hash, user_id, created_at, expires_at, last_seen_at";
+pub(super) const SESSION_COLUMNS: &str =
+    "id, token_hash, user_id, created_at, expires_at, last_seen_at";
 
 pub(super) fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
     Ok(Session {
@@ -964,7 +965,7 @@ impl KnowledgeStore for SqliteStore {
     }
 
     async fn save_chunks(&self, document: &Document, chunks: &[Chunk]) -> StoreResult<()> {
-        knowledge::check_chunks(document, chunks)?;
+        crate::check_chunks(document, chunks)?;
         let (document, chunks) = (document.clone(), chunks.to_vec());
         self.write(move |tx| knowledge::save_chunks(tx, &document, &chunks))
             .await

@@ -2223,7 +2223,10 @@ async fn populated_sqlite(dir: &std::path::Path) -> SqliteStore {
     let processed = sample_document(&jar);
     source.create_document(&processed).await.unwrap();
     save_processed(&source, &processed, 5).await;
-    source.create_document(&sample_document(&jar)).await.unwrap();
+    source
+        .create_document(&sample_document(&jar))
+        .await
+        .unwrap();
     let listing = sample_listing(&jar, 1_500, "docs", 3_000);
     source.create_listing(&listing).await.unwrap();
     let withdrawn = sample_listing(&jar, 900, "docs", 3_100);
@@ -2281,9 +2284,17 @@ pub async fn copy_moves_everything_and_resumes(target: &dyn Store) {
     }
     let saved: crate::copy::Checkpoint =
         serde_json::from_slice(&std::fs::read(&checkpoint).unwrap()).unwrap();
-    assert_eq!(saved.stage, Some(crate::copy::Stage::Documents), "{saved:?}");
+    assert_eq!(
+        saved.stage,
+        Some(crate::copy::Stage::Documents),
+        "{saved:?}"
+    );
     let partial = crate::copy::verify(&source, target).await.unwrap();
-    let differs: Vec<_> = partial.iter().filter(|t| !t.matches()).map(|t| t.table).collect();
+    let differs: Vec<_> = partial
+        .iter()
+        .filter(|t| !t.matches())
+        .map(|t| t.table)
+        .collect();
     assert!(differs.contains(&"documents") && differs.contains(&"conversations"));
 
     let mut stages = Vec::new();
