@@ -16,12 +16,14 @@ use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::statement::Consistency;
 use scylla::value::MaybeUnset;
 use uuid::Uuid;
 
 use super::schema::Migration;
-use super::{applied, corrupt, maybe_row, prepare, read_paged, rows, unavailable, ScyllaStore};
+use super::{
+    applied, corrupt, maybe_row, prepare, prepare_serial_read, read_paged, rows, unavailable,
+    ScyllaStore,
+};
 use crate::{
     conversation_lease_key, Conversation, ConversationId, ConversationQuery, ConversationSort,
     ConversationStore, Lease, Message, MessageRole, MessageStatus, Page, PruningRecord, SortOrder,
@@ -191,8 +193,7 @@ pub(super) struct Statements {
 impl Statements {
     pub(super) async fn prepare(session: &Session) -> StoreResult<Statements> {
         let select_record = format!("SELECT {RECORD_COLUMNS} FROM conversations WHERE id = ?");
-        let mut record_serial = prepare(session, &select_record, true).await?;
-        record_serial.set_consistency(Consistency::LocalSerial);
+        let record_serial = prepare_serial_read(session, &select_record).await?;
         let created = "SELECT created_at, id, title, updated_at FROM conversations_by_created
                        WHERE user_id = ?";
         let updated = "SELECT updated_at, id FROM conversations_by_updated WHERE user_id = ?";

@@ -13,11 +13,12 @@ use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session as CqlSession;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::statement::Consistency;
 use uuid::Uuid;
 
 use super::schema::Migration;
-use super::{applied, corrupt, maybe_row, prepare, read_paged, unavailable, ScyllaStore};
+use super::{
+    applied, corrupt, maybe_row, prepare, prepare_serial_read, read_paged, unavailable, ScyllaStore,
+};
 use crate::{
     Ceremony, CeremonyKind, IdentityStore, Page, Passkey, Role, Session, StoreError, StoreResult,
     Timestamp, User, UserId,
@@ -441,7 +442,7 @@ impl Statements {
         let passkey = format!("SELECT {PASSKEY_COLUMNS} FROM passkeys WHERE credential_id = ?");
         Ok(Statements {
             user: idempotent(session, &user).await?,
-            user_serial: serial_read(session, &user).await?,
+            user_serial: prepare_serial_read(session, &user).await?,
             insert_user: conditional(
                 session,
                 &format!(
@@ -457,7 +458,7 @@ impl Statements {
             )
             .await?,
             claim: idempotent(session, claim).await?,
-            claim_serial: serial_read(session, claim).await?,
+            claim_serial: prepare_serial_read(session, claim).await?,
             insert_claim: conditional(
                 session,
                 "INSERT INTO users_by_email (email, user_id, claimed_at) VALUES (?, ?, ?)
@@ -492,7 +493,7 @@ impl Statements {
             .await?,
 
             session: idempotent(session, &session_row).await?,
-            session_serial: serial_read(session, &session_row).await?,
+            session_serial: prepare_serial_read(session, &session_row).await?,
             insert_session: conditional(
                 session,
                 &format!(
@@ -542,7 +543,7 @@ impl Statements {
             delete_session_expiry,
 
             passkey: idempotent(session, &passkey).await?,
-            passkey_serial: serial_read(session, &passkey).await?,
+            passkey_serial: prepare_serial_read(session, &passkey).await?,
             insert_passkey: conditional(
                 session,
                 &format!(
@@ -586,7 +587,7 @@ impl Statements {
             )
             .await?,
 
-            ceremony_serial: serial_read(
+            ceremony_serial: prepare_serial_read(
                 session,
                 &format!("SELECT {CEREMONY_COLUMNS} FROM webauthn_ceremonies WHERE id = ?"),
             )
@@ -622,13 +623,6 @@ async fn idempotent(session: &CqlSession, cql: &str) -> StoreResult<PreparedStat
 /// Lightweight transactions: never sent twice.
 async fn conditional(session: &CqlSession, cql: &str) -> StoreResult<PreparedStatement> {
     prepare(session, cql, false).await
-}
-
-/// A read at LOCAL_SERIAL, for decisions: it sees the outcome of any transaction in progress.
-async fn serial_read(session: &CqlSession, cql: &str) -> StoreResult<PreparedStatement> {
-    let mut statement = prepare(session, cql, true).await?;
-    statement.set_consistency(Consistency::LocalSerial);
-    Ok(statement)
 }
 
 /// A logged batch of plain (idempotent) statements, applied all or none.

@@ -19,11 +19,13 @@ use futures::{stream, StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::statement::Consistency;
 use uuid::Uuid;
 
 use super::schema::Migration;
-use super::{applied, corrupt, maybe_row, prepare, read_paged, rows, unavailable, ScyllaStore};
+use super::{
+    applied, corrupt, maybe_row, prepare, prepare_serial_read, read_paged, rows, unavailable,
+    ScyllaStore,
+};
 use crate::{
     check_chunks, embedding_from_bytes, embedding_to_bytes, Chunk, Document, DocumentId,
     DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings, KnowledgeStore, Page, StoreError,
@@ -300,10 +302,6 @@ pub(super) struct Statements {
 
 impl Statements {
     pub(super) async fn prepare(session: &Session) -> StoreResult<Statements> {
-        let serial = |mut statement: PreparedStatement| {
-            statement.set_consistency(Consistency::LocalSerial);
-            statement
-        };
         let insert_jar_document = prepare(
             session,
             "INSERT INTO documents_by_jar (jar_id, document_key, uploaded_at) VALUES (?, ?, ?)
@@ -361,23 +359,17 @@ impl Statements {
                 true,
             )
             .await?,
-            select_jar_serial: serial(
-                prepare(
-                    session,
-                    &format!("SELECT {JAR_COLUMNS} FROM jars WHERE id = ?"),
-                    true,
-                )
-                .await?,
-            ),
+            select_jar_serial: prepare_serial_read(
+                session,
+                &format!("SELECT {JAR_COLUMNS} FROM jars WHERE id = ?"),
+            )
+            .await?,
             select_jar_id: prepare(session, "SELECT id FROM jars WHERE id = ?", true).await?,
-            select_jar_counts_serial: serial(
-                prepare(
-                    session,
-                    "SELECT document_count, embedding_count FROM jars WHERE id = ?",
-                    true,
-                )
-                .await?,
-            ),
+            select_jar_counts_serial: prepare_serial_read(
+                session,
+                "SELECT document_count, embedding_count FROM jars WHERE id = ?",
+            )
+            .await?,
             update_jar: prepare(
                 session,
                 "UPDATE jars SET name = ?, description = ?, visibility = ?, tags = ?,
@@ -430,14 +422,11 @@ impl Statements {
                 true,
             )
             .await?,
-            select_document_serial: serial(
-                prepare(
-                    session,
-                    &format!("SELECT {DOCUMENT_COLUMNS} FROM documents WHERE id = ?"),
-                    true,
-                )
-                .await?,
-            ),
+            select_document_serial: prepare_serial_read(
+                session,
+                &format!("SELECT {DOCUMENT_COLUMNS} FROM documents WHERE id = ?"),
+            )
+            .await?,
             update_document: prepare(
                 session,
                 "UPDATE documents SET filename = :filename, title = :title,

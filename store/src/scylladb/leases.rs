@@ -7,10 +7,9 @@
 use async_trait::async_trait;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::statement::Consistency;
 
 use super::schema::Migration;
-use super::{applied, maybe_row, unavailable, ScyllaStore};
+use super::{applied, maybe_row, prepare_serial_read, unavailable, ScyllaStore};
 use crate::{Lease, LeaseStore, StoreError, StoreResult, Timestamp};
 
 pub(super) const MIGRATION: Migration = Migration {
@@ -56,9 +55,11 @@ impl Statements {
     pub(super) async fn prepare(session: &Session) -> StoreResult<Statements> {
         let prepare =
             |cql: &'static str| async move { session.prepare(cql).await.map_err(unavailable) };
-        let mut read = prepare("SELECT owner, epoch, expires_at FROM leases WHERE key = ?").await?;
-        read.set_consistency(Consistency::LocalSerial);
-        read.set_is_idempotent(true);
+        let read = prepare_serial_read(
+            session,
+            "SELECT owner, epoch, expires_at FROM leases WHERE key = ?",
+        )
+        .await?;
         Ok(Statements {
             read,
             create: prepare(

@@ -267,6 +267,21 @@ async fn prepare(session: &Session, cql: &str, idempotent: bool) -> StoreResult<
     Ok(statement)
 }
 
+/// Prepares a read at the configured serial consistency (LOCAL_SERIAL by default): it sees
+/// the outcome of any lightweight transaction in progress, so decisions are taken on it.
+async fn prepare_serial_read(session: &Session, cql: &str) -> StoreResult<PreparedStatement> {
+    let mut statement = prepare(session, cql, true).await?;
+    let serial = session
+        .get_default_execution_profile_handle()
+        .to_profile()
+        .get_serial_consistency();
+    statement.set_consistency(match serial {
+        Some(SerialConsistency::Serial) => Consistency::Serial,
+        _ => Consistency::LocalSerial,
+    });
+    Ok(statement)
+}
+
 /// The rows of an unpaged answer, for statements whose size the key or a `LIMIT` bounds.
 fn rows<R>(result: QueryResult, what: &str) -> StoreResult<Vec<R>>
 where

@@ -161,9 +161,10 @@ async fn an_unreachable_cluster_is_unavailable_not_a_panic() {
     }
 }
 
-/// A store on a fresh keyspace of the node(s) in `STING_SCYLLA_NODES`, or `None`, said
-/// out loud, when none is given (`STING_REQUIRE_SCYLLA=1` makes that a failure).
-async fn scylla_store(test: &str) -> Option<(ScyllaStore, String)> {
+/// A store on a fresh keyspace of the node(s) in `STING_SCYLLA_NODES`, dropped with the
+/// guard; or `None`, said out loud, when none is given (`STING_REQUIRE_SCYLLA=1` makes that a
+/// failure).
+async fn scylla_store(test: &str) -> Option<(ScyllaStore, DropKeyspace)> {
     let Ok(nodes) = std::env::var("STING_SCYLLA_NODES") else {
         let required = std::env::var("STING_REQUIRE_SCYLLA").is_ok_and(|v| v == "1");
         assert!(
@@ -183,30 +184,30 @@ async fn scylla_store(test: &str) -> Option<(ScyllaStore, String)> {
     let store = ScyllaStore::connect(&config)
         .await
         .expect("connect to STING_SCYLLA_NODES");
-    Some((store, keyspace))
-}
-
-/// One test per contract behaviour of the areas ScyllaDB implements so far.
-macro_rules! scylla_contract {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let Some((store, keyspace)) = scylla_store(stringify!($name)).await else {
-                    return;
-                };
-                crate::tests::$name(&store).await;
-                schema::drop_keyspace(&store.session, &keyspace).await.unwrap();
-            }
-        )*
+    let guard = DropKeyspace {
+        session: store.session.clone(),
+        keyspace,
     };
+    Some((store, guard))
 }
 
-scylla_contract!(
-    lease_is_exclusive_until_expiry,
-    lease_reacquire_by_holder_keeps_epoch,
-    stale_epoch_cannot_renew_or_release,
-    released_lease_never_reuses_epoch,
-    concurrent_acquires_elect_one_owner,
-    take_over_fences_the_old_holder,
-);
+/// Drops a test's keyspace when the test ends.
+struct DropKeyspace {
+    session: Arc<Session>,
+    keyspace: String,
+}
+
+impl Drop for DropKeyspace {
+    fn drop(&mut self) {
+        let dropped = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current()
+                .block_on(schema::drop_keyspace(&self.session, &self.keyspace))
+        });
+        if let Err(err) = dropped {
+            let _ = writeln!(std::io::stderr(), "dropping {}: {err}", self.keyspace);
+        }
+    }
+}
+
+// The whole contract suite, as on SQLite.
+crate::store_test_suite!(scylla_store);

@@ -1061,7 +1061,7 @@ impl MarketStore for SqliteStore {
 mod tests {
     use super::*;
 
-    crate::store_test_suite!(async {
+    crate::store_test_suite!(|_test| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(dir.path().join("sting.db"))
             .await
