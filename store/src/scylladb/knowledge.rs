@@ -1212,10 +1212,9 @@ impl KnowledgeStore for ScyllaStore {
     }
 
     async fn delete_jar(&self, id: JarId) -> StoreResult<bool> {
-        self.delete_jar_listings(id).await?;
-        // The row first, so that a document created meanwhile sees the jar gone (see
-        // `create_document`); then its entries and documents. A retry after a failure finds
-        // the row gone and still deletes the documents left.
+        // The row first, so that a document or listing created meanwhile sees the jar gone
+        // (see `create_document`, `create_listing`); then its listings, entries and documents.
+        // A retry after a failure finds the row gone and still deletes what is left.
         let mut existed = None;
         for _ in 0..CAS_ATTEMPTS {
             let Some((jar, written_at)) = self.jar_for_change(id).await? else {
@@ -1240,6 +1239,7 @@ impl KnowledgeStore for ScyllaStore {
             }
         }
         let existed = existed.ok_or_else(|| contended("honey jar", id))?;
+        self.delete_jar_listings(id).await?;
         let entries: Vec<JarDocumentRow> = read_paged(
             &self.session,
             &self.knowledge.select_jar_documents,
