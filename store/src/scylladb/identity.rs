@@ -11,13 +11,14 @@
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session as CqlSession;
-use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::batch::Batch;
 use scylla::statement::prepared::PreparedStatement;
 use uuid::Uuid;
 
 use super::schema::Migration;
 use super::{
-    applied, corrupt, maybe_row, prepare, prepare_serial_read, read_paged, unavailable, ScyllaStore,
+    applied, corrupt, logged_batch, maybe_row, prepare, prepare_serial_read, read_paged,
+    unavailable, ScyllaStore,
 };
 use crate::{
     Ceremony, CeremonyKind, IdentityStore, Page, Passkey, Role, Session, StoreError, StoreResult,
@@ -623,16 +624,6 @@ async fn idempotent(session: &CqlSession, cql: &str) -> StoreResult<PreparedStat
 /// Lightweight transactions: never sent twice.
 async fn conditional(session: &CqlSession, cql: &str) -> StoreResult<PreparedStatement> {
     prepare(session, cql, false).await
-}
-
-/// A logged batch of plain (idempotent) statements, applied all or none.
-fn logged_batch(statements: &[&PreparedStatement]) -> Batch {
-    let mut batch = Batch::new(BatchType::Logged);
-    for statement in statements {
-        batch.append_statement((*statement).clone());
-    }
-    batch.set_is_idempotent(true);
-    batch
 }
 
 // ---- users ----

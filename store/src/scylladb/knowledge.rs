@@ -23,8 +23,8 @@ use uuid::Uuid;
 
 use super::schema::Migration;
 use super::{
-    applied, corrupt, maybe_row, prepare, prepare_serial_read, read_paged, rows, unavailable,
-    ScyllaStore,
+    applied, corrupt, logged_batch, maybe_row, prepare, prepare_serial_read, read_paged, rows,
+    unavailable, ScyllaStore,
 };
 use crate::{
     check_chunks, embedding_from_bytes, embedding_to_bytes, Chunk, Document, DocumentId,
@@ -336,16 +336,10 @@ impl Statements {
             true,
         )
         .await?;
-        let mut index_document = Batch::new(BatchType::Logged);
-        index_document.append_statement(insert_jar_document);
-        index_document.append_statement(insert_status_document.clone());
         // Every statement carries its timestamp: a retry writes the same cells again.
-        index_document.set_is_idempotent(true);
-        let mut unindex_document = Batch::new(BatchType::Logged);
-        unindex_document.append_statement(delete_jar_document.clone());
-        unindex_document.append_statement(delete_status_document.clone());
-        unindex_document.append_statement(clear_chunks.clone());
-        unindex_document.set_is_idempotent(true);
+        let index_document = logged_batch(&[&insert_jar_document, &insert_status_document]);
+        let unindex_document =
+            logged_batch(&[&delete_jar_document, &delete_status_document, &clear_chunks]);
         Ok(Statements {
             insert_jar: prepare(
                 session,

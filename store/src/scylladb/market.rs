@@ -14,13 +14,15 @@ use async_trait::async_trait;
 use futures::future::try_join_all;
 use scylla::client::session::Session;
 use scylla::serialize::row::SerializeRow;
-use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::batch::Batch;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::statement::Consistency;
 use uuid::Uuid;
 
 use super::schema::Migration;
-use super::{applied, corrupt, maybe_row, prepare, read_paged, unavailable, ScyllaStore};
+use super::{
+    applied, corrupt, logged_batch, maybe_row, prepare, prepare_serial_read, read_paged,
+    unavailable, ScyllaStore,
+};
 use crate::{
     JarId, License, LicenseType, Listing, ListingId, ListingQuery, ListingSort, ListingStatus,
     MarketStore, Order, OrderId, OrderStatus, Page, SortOrder, StoreError, StoreResult, Timestamp,
@@ -588,10 +590,6 @@ pub(super) struct Statements {
 
 impl Statements {
     pub(super) async fn prepare(session: &Session) -> StoreResult<Statements> {
-        let serial = |mut statement: PreparedStatement| {
-            statement.set_consistency(Consistency::LocalSerial);
-            statement
-        };
         let order_in_buyer = prepare(
             session,
             &format!(
@@ -661,14 +659,11 @@ impl Statements {
                 true,
             )
             .await?,
-            listing_serial: serial(
-                prepare(
-                    session,
-                    &format!("SELECT {LISTING_COLUMNS} FROM listings WHERE id = ?"),
-                    true,
-                )
-                .await?,
-            ),
+            listing_serial: prepare_serial_read(
+                session,
+                &format!("SELECT {LISTING_COLUMNS} FROM listings WHERE id = ?"),
+            )
+            .await?,
             update_listing: prepare(
                 session,
                 "UPDATE listings SET title = ?, description = ?, price_minor = ?, currency = ?,
@@ -771,17 +766,14 @@ impl Statements {
                 false,
             )
             .await?,
-            order_key: serial(
-                prepare(
-                    session,
-                    &format!(
-                        "SELECT {ORDER_KEY_COLUMNS} FROM order_keys
+            order_key: prepare_serial_read(
+                session,
+                &format!(
+                    "SELECT {ORDER_KEY_COLUMNS} FROM order_keys
                          WHERE buyer_id = ? AND idempotency_key = ?"
-                    ),
-                    true,
-                )
-                .await?,
-            ),
+                ),
+            )
+            .await?,
             release_key: prepare(
                 session,
                 "DELETE FROM order_keys WHERE buyer_id = ? AND idempotency_key = ?
@@ -796,15 +788,12 @@ impl Statements {
                 false,
             )
             .await?,
-            open_order: serial(
-                prepare(
-                    session,
-                    "SELECT order_id, idempotency_key FROM open_orders
+            open_order: prepare_serial_read(
+                session,
+                "SELECT order_id, idempotency_key FROM open_orders
                      WHERE buyer_id = ? AND listing_id = ?",
-                    true,
-                )
-                .await?,
-            ),
+            )
+            .await?,
             release_open: prepare(
                 session,
                 "DELETE FROM open_orders WHERE buyer_id = ? AND listing_id = ? IF order_id = ?",
@@ -826,14 +815,11 @@ impl Statements {
                 true,
             )
             .await?,
-            order_serial: serial(
-                prepare(
-                    session,
-                    &format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?"),
-                    true,
-                )
-                .await?,
-            ),
+            order_serial: prepare_serial_read(
+                session,
+                &format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?"),
+            )
+            .await?,
             pay_order: prepare(
                 session,
                 "UPDATE orders SET status = ?, paid_at = ? WHERE id = ? IF status = ?",
@@ -883,16 +869,6 @@ impl Statements {
 /// `n` bind markers.
 fn marks(n: usize) -> String {
     vec!["?"; n].join(", ")
-}
-
-/// A logged batch of plain writes, idempotent: its copies carry explicit timestamps.
-fn logged_batch(statements: &[&PreparedStatement]) -> Batch {
-    let mut batch = Batch::new(BatchType::Logged);
-    for statement in statements {
-        batch.append_statement((*statement).clone());
-    }
-    batch.set_is_idempotent(true);
-    batch
 }
 
 fn license_type(spelling: &str) -> StoreResult<LicenseType> {

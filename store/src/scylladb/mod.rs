@@ -25,6 +25,7 @@ use scylla::policies::retry::DefaultRetryPolicy;
 use scylla::policies::speculative_execution::SimpleSpeculativeExecutionPolicy;
 use scylla::response::query_result::QueryResult;
 use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
@@ -280,6 +281,17 @@ async fn prepare_serial_read(session: &Session, cql: &str) -> StoreResult<Prepar
         _ => Consistency::LocalSerial,
     });
     Ok(statement)
+}
+
+/// A logged batch of plain, idempotent writes (different partitions, applied all or none):
+/// the driver may retry it.
+fn logged_batch(statements: &[&PreparedStatement]) -> Batch {
+    let mut batch = Batch::new(BatchType::Logged);
+    for statement in statements {
+        batch.append_statement((*statement).clone());
+    }
+    batch.set_is_idempotent(true);
+    batch
 }
 
 /// The rows of an unpaged answer, for statements whose size the key or a `LIMIT` bounds.
