@@ -1605,23 +1605,9 @@ mod tests {
 
     fn sample_jar(owner: UserId, created: i64) -> HoneyJar {
         HoneyJar {
-            id: Uuid::new_v4(),
-            owner_id: owner,
-            name: "Sample jar".to_owned(),
-            description: "A jar for tests".to_owned(),
-            visibility: Visibility::Private,
-            tags: Vec::new(),
-            settings: JarSettings {
-                allow_search: true,
-                allow_export: false,
-                encryption_enabled: false,
-            },
-            shared_with: Vec::new(),
-            wrapped_key: None,
-            document_count: 0,
-            embedding_count: 0,
             created_at: Timestamp(created),
             updated_at: Timestamp(created),
+            ..crate::tests::sample_jar(owner)
         }
     }
 

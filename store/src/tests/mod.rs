@@ -812,7 +812,7 @@ pub async fn delete_conversation_removes_messages_and_blocks_late_writes(store: 
 }
 
 /// A private jar of `owner` for tests, with no documents yet.
-fn sample_jar(owner: UserId) -> HoneyJar {
+pub(crate) fn sample_jar(owner: UserId) -> HoneyJar {
     HoneyJar {
         id: Uuid::new_v4(),
         owner_id: owner,
