@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 
 use crate::prelude::*;
 use crate::{
-    ConversationQuery, ConversationSort, HoneyJar, JarQuery, Listing, Page, SortOrder, SqliteStore,
-    StoreError, StoreResult, Timestamp, User,
+    ConversationQuery, ConversationSort, HoneyJar, JarQuery, Listing, OrderStatus, Page, SortOrder,
+    SqliteStore, StoreError, StoreResult, Timestamp, User,
 };
 
 /// Records read per page of the source.
@@ -267,8 +267,14 @@ impl Copier<'_> {
             Stage::Orders => {
                 let (orders, _) = source.list_orders(None, page).await?;
                 for order in &orders {
-                    // Idempotent per (buyer, key): a second run returns the first order.
-                    target.place_order(order).await?;
+                    // Idempotent per (buyer, key): a second run returns the first order, which
+                    // a payment since the first run still has to reach.
+                    let placed = target.place_order(order).await?;
+                    if let (OrderStatus::Paid, Some(paid_at)) = (order.status, order.paid_at) {
+                        if placed.status != OrderStatus::Paid {
+                            target.mark_order_paid(order.id, paid_at).await?;
+                        }
+                    }
                     written += 1;
                 }
                 orders.len()

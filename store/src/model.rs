@@ -620,17 +620,26 @@ pub fn embedding_from_bytes(bytes: &[u8]) -> Option<Vec<f32>> {
 }
 
 /// Refuses chunks that belong to another document (or another jar): they would be stored
-/// under keys their own document's deletion never reaches.
+/// under keys their own document's deletion never reaches. Refuses two chunks with one `seq`
+/// too: one would silently replace the other.
 pub fn check_chunks(document: &Document, chunks: &[Chunk]) -> crate::StoreResult<()> {
-    match chunks
+    if let Some(stray) = chunks
         .iter()
         .find(|c| c.document_id != document.id || c.jar_id != document.jar_id)
     {
-        None => Ok(()),
-        Some(stray) => Err(crate::StoreError::Internal(format!(
+        return Err(crate::StoreError::Internal(format!(
             "chunk {} of document {} in jar {} saved with document {} in jar {}",
             stray.seq, stray.document_id, stray.jar_id, document.id, document.jar_id
+        )));
+    }
+    let mut seqs: Vec<u32> = chunks.iter().map(|c| c.seq).collect();
+    seqs.sort_unstable();
+    match seqs.windows(2).find(|pair| pair[0] == pair[1]) {
+        Some(pair) => Err(crate::StoreError::Internal(format!(
+            "chunk {} of document {} saved twice in one save",
+            pair[0], document.id
         ))),
+        None => Ok(()),
     }
 }
 

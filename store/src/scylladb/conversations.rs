@@ -89,6 +89,8 @@ pub(super) const MIGRATION: Migration = Migration {
 
 /// Messages per `messages` partition.
 const MESSAGES_PER_BUCKET: u64 = 1_000;
+/// The most seqs one `IN` restriction names.
+const IN_LIMIT: usize = 100;
 
 /// A save that lost a race on the record is decided again from the new state, at most this often.
 const CAS_ATTEMPTS: usize = 5;
@@ -551,7 +553,15 @@ impl ScyllaStore {
                 .push(message);
         }
         let mut unwritten = Vec::new();
-        for (bucket, messages) in by_bucket {
+        // ScyllaDB refuses an `IN` of more than 100 clustering keys
+        // (`max_clustering_key_restrictions_per_query`).
+        let groups = by_bucket.into_iter().flat_map(|(bucket, messages)| {
+            messages
+                .chunks(IN_LIMIT)
+                .map(|group| (bucket, group.to_vec()))
+                .collect::<Vec<_>>()
+        });
+        for (bucket, messages) in groups {
             let seqs: Vec<i64> = messages.iter().map(|m| m.seq as i64).collect();
             let result = self
                 .session

@@ -362,8 +362,9 @@ pub(super) struct Statements {
     claim: PreparedStatement,
     claim_serial: PreparedStatement,
     insert_claim: PreparedStatement,
-    /// Gives a claim a new holder and time, if it still has the observed holder (taking an
-    /// orphan over, or refreshing one's own).
+    /// Gives a claim a new holder and time, if it is still the observed claim, holder and
+    /// time (taking an orphan over, or refreshing one's own): a holder that refreshed its
+    /// claim meanwhile keeps it.
     reclaim: PreparedStatement,
     release_claim: PreparedStatement,
     /// Puts a user in the admin listing.
@@ -469,7 +470,7 @@ impl Statements {
             reclaim: conditional(
                 session,
                 "UPDATE users_by_email SET user_id = ?, claimed_at = ? WHERE email = ?
-                 IF user_id = ?",
+                 IF user_id = ? AND claimed_at = ?",
             )
             .await?,
             release_claim: conditional(
@@ -686,7 +687,10 @@ impl ScyllaStore {
             }
             let result = self
                 .session
-                .execute_unpaged(&statements.reclaim, (user_id, now.0, email, claim.user_id))
+                .execute_unpaged(
+                    &statements.reclaim,
+                    (user_id, now.0, email, claim.user_id, claim.claimed_at),
+                )
                 .await
                 .map_err(unavailable)?;
             if applied(result)? {
@@ -721,6 +725,27 @@ impl ScyllaStore {
 // ---- sessions ----
 
 impl ScyllaStore {
+    /// Writes both index entries of `session` (by user, by expiry day) with `ttl`.
+    async fn index_session(&self, session: &Session, ttl: i32) -> StoreResult<()> {
+        self.session
+            .batch(
+                &self.identity.index_session,
+                (
+                    (session.user_id, &session.token_hash, ttl),
+                    (
+                        expiry_day(session.expires_at),
+                        session.expires_at.0,
+                        &session.token_hash,
+                        session.user_id,
+                        ttl,
+                    ),
+                ),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn read_session_row(
         &self,
         statement: &PreparedStatement,
@@ -950,22 +975,7 @@ impl IdentityStore for ScyllaStore {
         let statements = &self.identity;
         let ttl = backstop_ttl(session.expires_at, Timestamp::now(), SESSION_TTL_SLACK_SECS);
         // The index entries first: a session is never out of reach of a revocation.
-        self.session
-            .batch(
-                &statements.index_session,
-                (
-                    (session.user_id, &session.token_hash, ttl),
-                    (
-                        expiry_day(session.expires_at),
-                        session.expires_at.0,
-                        &session.token_hash,
-                        session.user_id,
-                        ttl,
-                    ),
-                ),
-            )
-            .await
-            .map_err(unavailable)?;
+        self.index_session(session, ttl).await?;
         let result = self
             .session
             .execute_unpaged(
@@ -982,11 +992,24 @@ impl IdentityStore for ScyllaStore {
             )
             .await
             .map_err(unavailable)?;
-        match applied(result)? {
-            true => Ok(()),
-            // The entries just written stay: readers check them against the session row.
-            false => Err(StoreError::Conflict("this session exists already".into())),
+        if applied(result)? {
+            return Ok(());
         }
+        // The entries just written may have replaced the existing session's (another TTL,
+        // another user): write its own back.
+        if let Some(existing) = self
+            .read_session_row(&statements.session_serial, &session.token_hash)
+            .await?
+        {
+            let existing = existing.into_session();
+            let ttl = backstop_ttl(
+                existing.expires_at,
+                Timestamp::now(),
+                SESSION_TTL_SLACK_SECS,
+            );
+            self.index_session(&existing, ttl).await?;
+        }
+        Err(StoreError::Conflict("this session exists already".into()))
     }
 
     async fn session(&self, token_hash: &str) -> StoreResult<Option<Session>> {

@@ -283,6 +283,9 @@ pub(super) struct Statements {
     select_document_serial: PreparedStatement,
     update_document: PreparedStatement,
     mark_document_deleted: PreparedStatement,
+    /// Zeroes a deleted document's stored chunks: the one deleter it applies for moves the
+    /// jar's counts.
+    release_stored_chunks: PreparedStatement,
     delete_document: PreparedStatement,
     delete_jar_document: PreparedStatement,
     select_jar_documents: PreparedStatement,
@@ -442,6 +445,13 @@ impl Statements {
                 false,
             )
             .await?,
+            release_stored_chunks: prepare(
+                session,
+                "UPDATE documents SET stored_chunks = 0 WHERE id = ?
+                 IF deleted = true AND stored_chunks = ?",
+                false,
+            )
+            .await?,
             delete_document: prepare(
                 session,
                 "DELETE FROM documents WHERE id = ? IF written_at = ?",
@@ -591,8 +601,10 @@ fn jar_from_row(row: JarRow) -> StoreResult<HoneyJar> {
         },
         shared_with: row.shared_with,
         wrapped_key: row.wrapped_key,
-        document_count: count("jar document_count", row.document_count)?,
-        embedding_count: count("jar embedding_count", row.embedding_count)?,
+        // Counts are kept as exact sums of their moves (which may pass below zero for a while
+        // when a save and a deletion race) and shown never below zero.
+        document_count: row.document_count.max(0) as u64,
+        embedding_count: row.embedding_count.max(0) as u64,
         created_at: Timestamp(row.created_at),
         updated_at: Timestamp(row.updated_at),
     })
@@ -937,8 +949,9 @@ impl ScyllaStore {
                 .execute_unpaged(
                     &self.knowledge.set_jar_counts,
                     (
-                        (counts.document_count + documents).max(0),
-                        (counts.embedding_count + embeddings).max(0),
+                        // Unclamped: moves that race must still add up (see `jar_from_row`).
+                        counts.document_count + documents,
+                        counts.embedding_count + embeddings,
                         jar_id,
                         counts.document_count,
                         counts.embedding_count,
@@ -1111,8 +1124,22 @@ impl ScyllaStore {
             )
             .await
             .map_err(unavailable)?;
-        let stored_chunks = count("document stored_chunks", row.stored_chunks)?;
-        self.move_jar_counts(row.jar_id, stored_chunks, 0).await?;
+        // Two deleters may get here at once (a retry racing the first call): only the one that
+        // zeroes the stored count takes the chunks off the jar's counts.
+        if row.stored_chunks > 0 {
+            let result = self
+                .session
+                .execute_unpaged(
+                    &self.knowledge.release_stored_chunks,
+                    (row.id, row.stored_chunks),
+                )
+                .await
+                .map_err(unavailable)?;
+            if applied(result)? {
+                let stored_chunks = count("document stored_chunks", row.stored_chunks)?;
+                self.move_jar_counts(row.jar_id, stored_chunks, 0).await?;
+            }
+        }
         // Not applied: another deleter finished first.
         self.session
             .execute_unpaged(&self.knowledge.delete_document, (row.id, row.written_at))
@@ -1474,7 +1501,7 @@ impl KnowledgeStore for ScyllaStore {
 
     async fn save_chunks(&self, document: &Document, chunks: &[Chunk]) -> StoreResult<()> {
         check_chunks(document, chunks)?;
-        let stored_chunks = chunks.iter().map(|c| c.seq).collect::<BTreeSet<_>>().len() as u64;
+        let stored_chunks = chunks.len() as u64;
         // The record first: NotFound, with nothing written, once the document is deleted.
         let (before, timestamp) = self.replace_document(document, Some(stored_chunks)).await?;
         let stored_before = count("document stored_chunks", before.stored_chunks)?;
@@ -2212,5 +2239,7 @@ mod tests {
         assert!(check_chunks(&document, &[chunk(document.id, jar.id)]).is_ok());
         assert!(check_chunks(&document, &[chunk(Uuid::new_v4(), jar.id)]).is_err());
         assert!(check_chunks(&document, &[chunk(document.id, Uuid::new_v4())]).is_err());
+        let twice = [chunk(document.id, jar.id), chunk(document.id, jar.id)];
+        assert!(check_chunks(&document, &twice).is_err());
     }
 }

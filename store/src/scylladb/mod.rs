@@ -21,6 +21,10 @@ use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::deserialize::row::DeserializeRow;
+use scylla::errors::{
+    DbError, ExecutionError, NewSessionError, NextRowError, PagerExecutionError, PrepareError,
+    RequestAttemptError, SchemaAgreementError, UseKeyspaceError,
+};
 use scylla::policies::retry::DefaultRetryPolicy;
 use scylla::policies::speculative_execution::SimpleSpeculativeExecutionPolicy;
 use scylla::response::query_result::QueryResult;
@@ -134,7 +138,7 @@ impl ScyllaConfig {
     }
 }
 
-/// The store on a ScyllaDB (or Cassandra 4+) cluster.
+/// The store on a ScyllaDB cluster (6.0 or later: see `schema::create_keyspace` on tablets).
 pub struct ScyllaStore {
     session: Arc<Session>,
     leases: leases::Statements,
@@ -247,12 +251,67 @@ fn invalid(message: String) -> StoreError {
     StoreError::Internal(format!("ScyllaDB configuration: {message}"))
 }
 
-/// A failed request: the cluster could not answer now (timeouts, unavailable replicas, a lost
-/// connection); the caller may retry. A conditional write that timed out may or may not have
-/// been applied: callers read the state again rather than assume.
-fn unavailable(err: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("ScyllaDB: {err}"))
+/// A failed request. Most failures mean the cluster could not answer now (timeouts,
+/// unavailable replicas, a lost connection): [`StoreError::Unavailable`], which the caller may
+/// retry. A conditional write that timed out may or may not have been applied: callers read
+/// the state again rather than assume. A request the cluster refuses as such (invalid, a
+/// syntax error, not authorised) fails the same way every time: [`StoreError::Internal`].
+fn unavailable(err: impl DriverError) -> StoreError {
+    match err.refused_by_the_cluster() {
+        true => StoreError::Internal(format!("ScyllaDB refused a request: {err}")),
+        false => StoreError::Unavailable(format!("ScyllaDB: {err}")),
+    }
 }
+
+/// The driver's errors, told apart by whether retrying can help.
+trait DriverError: std::fmt::Display {
+    fn refused_by_the_cluster(&self) -> bool {
+        false
+    }
+}
+
+/// Whether the cluster refused the request itself rather than failed to serve it.
+fn permanent(error: &RequestAttemptError) -> bool {
+    matches!(
+        error,
+        RequestAttemptError::DbError(
+            DbError::SyntaxError
+                | DbError::Invalid
+                | DbError::Unauthorized
+                | DbError::ConfigError
+                | DbError::AlreadyExists { .. }
+                | DbError::FunctionFailure { .. }
+                | DbError::AuthenticationError,
+            _,
+        ) | RequestAttemptError::SerializationError(_)
+    )
+}
+
+impl DriverError for ExecutionError {
+    fn refused_by_the_cluster(&self) -> bool {
+        match self {
+            ExecutionError::BadQuery(_) => true,
+            ExecutionError::LastAttemptError(error) => permanent(error),
+            ExecutionError::PrepareError(error) => error.refused_by_the_cluster(),
+            _ => false,
+        }
+    }
+}
+
+impl DriverError for PrepareError {
+    fn refused_by_the_cluster(&self) -> bool {
+        match self {
+            PrepareError::AllAttemptsFailed { first_attempt } => permanent(first_attempt),
+            _ => false,
+        }
+    }
+}
+
+impl DriverError for PagerExecutionError {}
+impl DriverError for NextRowError {}
+impl DriverError for NewSessionError {}
+impl DriverError for UseKeyspaceError {}
+impl DriverError for SchemaAgreementError {}
 
 /// A row the store cannot read back: a schema or data bug, not a transient failure.
 fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {

@@ -36,15 +36,19 @@ const WAIT_FOR_MIGRATIONS: Duration = Duration::from_secs(120);
 /// they cannot be bound as values.
 pub(super) fn create_keyspace(keyspace: &str, replication: &Replication) -> StoreResult<String> {
     check_name("keyspace", keyspace)?;
-    let options = match replication.class {
+    // Tablets (ScyllaDB 6+, the default for NetworkTopologyStrategy keyspaces) refuse
+    // lightweight transactions before ScyllaDB 2025.3, and Sting's leases, uniqueness and
+    // fencing are LWTs: such keyspaces use vnodes.
+    let (options, tablets) = match replication.class {
         ReplicationClass::SimpleStrategy => {
             if replication.replication_factor == 0 {
                 return Err(invalid("replication_factor must be at least 1".into()));
             }
-            format!(
+            let options = format!(
                 "'class': 'SimpleStrategy', 'replication_factor': {}",
                 replication.replication_factor
-            )
+            );
+            (options, "")
         }
         ReplicationClass::NetworkTopologyStrategy => {
             let datacenters = &replication.datacenters;
@@ -56,11 +60,11 @@ pub(super) fn create_keyspace(keyspace: &str, replication: &Replication) -> Stor
                 check_name("datacenter", datacenter)?;
                 options.push_str(&format!(", '{datacenter}': {factor}"));
             }
-            options
+            (options, " AND tablets = {'enabled': false}")
         }
     };
     Ok(format!(
-        "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {{{options}}}"
+        "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {{{options}}}{tablets}"
     ))
 }
 

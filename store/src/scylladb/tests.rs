@@ -29,7 +29,8 @@ fn keyspaces_are_created_with_the_configured_replication() {
     assert_eq!(
         create_keyspace("sting", &topology).unwrap(),
         "CREATE KEYSPACE IF NOT EXISTS sting WITH replication = \
-         {'class': 'NetworkTopologyStrategy', 'eu_west': 3, 'us_east': 3}"
+         {'class': 'NetworkTopologyStrategy', 'eu_west': 3, 'us_east': 3} \
+         AND tablets = {'enabled': false}"
     );
 }
 
@@ -148,6 +149,34 @@ fn lease_rows_roundtrip_through_the_driver_serialization() {
         ("expires_at", ColumnType::Native(BigInt)),
     ];
     assert_eq!(roundtrip(&row, &columns), row);
+}
+
+#[test]
+fn refused_requests_are_internal_and_failures_to_serve_are_unavailable() {
+    let refused = |error: DbError| {
+        unavailable(ExecutionError::LastAttemptError(
+            RequestAttemptError::DbError(error, "refused".into()),
+        ))
+    };
+    assert!(matches!(refused(DbError::Invalid), StoreError::Internal(_)));
+    assert!(matches!(
+        refused(DbError::SyntaxError),
+        StoreError::Internal(_)
+    ));
+    assert!(matches!(
+        refused(DbError::Unauthorized),
+        StoreError::Internal(_)
+    ));
+    assert!(matches!(
+        refused(DbError::Overloaded),
+        StoreError::Unavailable(_)
+    ));
+    assert!(matches!(
+        unavailable(ExecutionError::RequestTimeout(
+            std::time::Duration::from_secs(5)
+        )),
+        StoreError::Unavailable(_)
+    ));
 }
 
 #[tokio::test]
