@@ -23,7 +23,7 @@ mod tests;
 use async_trait::async_trait;
 
 pub use error::StoreError;
-pub(crate) use model::{check_chunks, embedding_from_bytes, embedding_to_bytes};
+pub(crate) use model::{check_chunks, check_messages, embedding_from_bytes, embedding_to_bytes};
 pub use model::{
     conversation_lease_key, Ceremony, CeremonyKind, Chunk, Conversation, ConversationId,
     ConversationQuery, ConversationSort, Document, DocumentId, DocumentStatus, HoneyJar, JarId,

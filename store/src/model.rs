@@ -643,6 +643,20 @@ pub fn check_chunks(document: &Document, chunks: &[Chunk]) -> crate::StoreResult
     }
 }
 
+/// Refuses messages of another conversation in a save of `conversation`.
+pub fn check_messages(conversation: &Conversation, messages: &[Message]) -> crate::StoreResult<()> {
+    match messages
+        .iter()
+        .find(|m| m.conversation_id != conversation.id)
+    {
+        Some(stray) => Err(crate::StoreError::Internal(format!(
+            "message {} belongs to conversation {}, not {}",
+            stray.id, stray.conversation_id, conversation.id
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A buyer's rating of a listing (one per buyer; a new one replaces it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rating {
@@ -651,6 +665,20 @@ pub struct Rating {
     /// 1 to 5.
     pub stars: u8,
     pub rated_at: Timestamp,
+}
+
+impl Order {
+    /// The license a paid order grants.
+    pub fn license(&self) -> License {
+        License {
+            order_id: self.id,
+            listing_id: self.listing_id,
+            jar_id: self.jar_id,
+            buyer_id: self.buyer_id,
+            license_type: self.license_type,
+            granted_at: self.paid_at.unwrap_or(self.created_at),
+        }
+    }
 }
 
 /// A buyer's right to read a jar: an order that was paid.

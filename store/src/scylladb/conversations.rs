@@ -818,15 +818,7 @@ impl ConversationStore for ScyllaStore {
         new_messages: &[Message],
         create: bool,
     ) -> StoreResult<()> {
-        if let Some(stray) = new_messages
-            .iter()
-            .find(|m| m.conversation_id != conversation.id)
-        {
-            return Err(StoreError::Internal(format!(
-                "message {} belongs to conversation {}, not {}",
-                stray.id, stray.conversation_id, conversation.id
-            )));
-        }
+        crate::check_messages(conversation, new_messages)?;
         // A lease on another key, even a current one, does not fence this conversation.
         if lease.key != conversation_lease_key(conversation.id) {
             return Err(stale_lease(lease));

@@ -1633,17 +1633,7 @@ impl MarketStore for ScyllaStore {
             .filter(|order| order.status == OrderStatus::Paid)
             .collect();
         paid.sort_by(|a, b| a.paid_at.cmp(&b.paid_at).then(a.id.cmp(&b.id)));
-        Ok(paid
-            .into_iter()
-            .map(|order| License {
-                order_id: order.id,
-                listing_id: order.listing_id,
-                jar_id: order.jar_id,
-                buyer_id: order.buyer_id,
-                license_type: order.license_type,
-                granted_at: order.paid_at.unwrap_or(order.created_at),
-            })
-            .collect())
+        Ok(paid.into_iter().map(|order| order.license()).collect())
     }
 
     async fn rate_listing(

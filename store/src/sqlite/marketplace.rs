@@ -353,17 +353,7 @@ pub(super) fn licenses_of(conn: &Connection, buyer: UserId) -> rusqlite::Result<
     let orders = statement
         .query_map([buyer.to_string()], order_from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(orders
-        .into_iter()
-        .map(|order| License {
-            order_id: order.id,
-            listing_id: order.listing_id,
-            jar_id: order.jar_id,
-            buyer_id: order.buyer_id,
-            license_type: order.license_type,
-            granted_at: order.paid_at.unwrap_or(order.created_at),
-        })
-        .collect())
+    Ok(orders.into_iter().map(|order| order.license()).collect())
 }
 
 pub(super) fn rate_listing(

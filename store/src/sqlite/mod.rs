@@ -770,15 +770,7 @@ impl ConversationStore for SqliteStore {
         new_messages: &[Message],
         create: bool,
     ) -> StoreResult<()> {
-        if let Some(stray) = new_messages
-            .iter()
-            .find(|m| m.conversation_id != conversation.id)
-        {
-            return Err(StoreError::Internal(format!(
-                "message {} belongs to conversation {}, not {}",
-                stray.id, stray.conversation_id, conversation.id
-            )));
-        }
+        crate::check_messages(conversation, new_messages)?;
         let (lease, conversation, new_messages) =
             (lease.clone(), conversation.clone(), new_messages.to_vec());
         self.write(move |tx| {
