@@ -116,7 +116,7 @@ pub async fn copy(
             done: 0,
         },
     };
-    let mut copier = Copier { source, target };
+    let copier = Copier { source, target };
     while let Some(stage) = checkpoint.stage {
         let mut records = 0;
         loop {
@@ -177,7 +177,7 @@ struct Copier<'a> {
 impl Copier<'_> {
     /// Copies one page of `stage`'s units; returns how many units the page held and how many
     /// records were written.
-    async fn copy_page(&mut self, stage: Stage, page: Page) -> StoreResult<(u64, u64)> {
+    async fn copy_page(&self, stage: Stage, page: Page) -> StoreResult<(u64, u64)> {
         let source = self.source;
         let target = self.target;
         let mut written = 0;

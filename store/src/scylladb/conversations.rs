@@ -21,12 +21,12 @@ use uuid::Uuid;
 
 use super::schema::Migration;
 use super::{
-    applied, corrupt, maybe_row, prepare, prepare_serial_read, read_paged, rows, unavailable,
-    ScyllaStore,
+    applied, contended, corrupt, maybe_row, page_of, prepare, prepare_serial_read, read_paged,
+    rows, unavailable, ScyllaStore,
 };
 use crate::{
     conversation_lease_key, Conversation, ConversationId, ConversationQuery, ConversationSort,
-    ConversationStore, Lease, Message, MessageRole, MessageStatus, Page, PruningRecord, SortOrder,
+    ConversationStore, Lease, Message, MessageRole, MessageStatus, PruningRecord, SortOrder,
     StoreError, StoreResult, Timestamp, UserId,
 };
 
@@ -337,16 +337,6 @@ fn title_matches(title: &str, search: &str) -> bool {
     title
         .to_ascii_lowercase()
         .contains(&search.to_ascii_lowercase())
-}
-
-/// One page of `entries`, already in the listing's order.
-fn page_of<T>(entries: Vec<T>, page: Page) -> Vec<T> {
-    let offset = usize::try_from(page.offset).unwrap_or(usize::MAX);
-    entries
-        .into_iter()
-        .skip(offset)
-        .take(page.limit as usize)
-        .collect()
 }
 
 fn stale_lease(lease: &Lease) -> StoreError {
@@ -844,10 +834,10 @@ impl ConversationStore for ScyllaStore {
             }
             return Ok(());
         }
-        Err(StoreError::Unavailable(format!(
-            "conversation {}: contended, gave up after {CAS_ATTEMPTS} attempts",
-            conversation.id
-        )))
+        Err(contended(
+            format!("conversation {}", conversation.id),
+            CAS_ATTEMPTS,
+        ))
     }
 
     async fn conversation(&self, id: ConversationId) -> StoreResult<Option<Conversation>> {
@@ -1099,15 +1089,6 @@ mod tests {
                 "{title:?} {search:?}"
             );
         }
-    }
-
-    #[test]
-    fn pages_are_the_tail_of_the_first_offset_plus_limit() {
-        let page = |limit, offset| Page { limit, offset };
-        assert_eq!(page_of(vec![1, 2, 3], page(10, 0)), vec![1, 2, 3]);
-        assert_eq!(page_of(vec![1, 2, 3], page(1, 1)), vec![2]);
-        assert!(page_of(vec![1, 2, 3], page(2, 3)).is_empty());
-        assert!(page_of(vec![1, 2, 3], page(2, u64::MAX)).is_empty());
     }
 
     #[test]

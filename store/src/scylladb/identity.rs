@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::schema::Migration;
 use super::{
-    applied, corrupt, logged_batch, maybe_row, prepare, prepare_serial_read, read_paged,
+    applied, contended, corrupt, logged_batch, maybe_row, prepare, prepare_serial_read, read_paged,
     unavailable, ScyllaStore,
 };
 use crate::{
@@ -342,12 +342,6 @@ fn claim_is_orphan(
     wall_now: Timestamp,
 ) -> bool {
     holder_email != Some(email) && wall_now.0.saturating_sub(claim.claimed_at) >= CLAIM_GRACE_MS
-}
-
-fn contended(what: &str) -> StoreError {
-    StoreError::Unavailable(format!(
-        "{what}: contended, gave up after {CAS_ATTEMPTS} attempts"
-    ))
 }
 
 /// The identity area's statements. A `*_serial` read is at LOCAL_SERIAL: what a decision
@@ -697,7 +691,7 @@ impl ScyllaStore {
                 return Ok(now.0);
             }
         }
-        Err(contended(&format!("email {email}")))
+        Err(contended(format!("email {email}"), CAS_ATTEMPTS))
     }
 
     /// Releases `user_id`'s claim on `email` made at `claimed_at`. Best effort: a claim left
@@ -924,7 +918,7 @@ impl IdentityStore for ScyllaStore {
             }
             // The email changed meanwhile: decide again from the new row.
         }
-        Err(contended(&format!("user {}", user.id)))
+        Err(contended(format!("user {}", user.id), CAS_ATTEMPTS))
     }
 
     async fn list_users(&self, page: Page) -> StoreResult<(Vec<User>, u64)> {
@@ -1096,7 +1090,7 @@ impl IdentityStore for ScyllaStore {
             };
             return Ok(true);
         }
-        Err(contended(&format!("session {token_hash}")))
+        Err(contended(format!("session {token_hash}"), CAS_ATTEMPTS))
     }
 
     async fn delete_session(&self, token_hash: &str) -> StoreResult<()> {
@@ -1386,7 +1380,7 @@ impl IdentityStore for ScyllaStore {
                 .await
                 .map_err(unavailable)?;
         }
-        Err(contended(&format!("ceremony {}", ceremony.id)))
+        Err(contended(format!("ceremony {}", ceremony.id), CAS_ATTEMPTS))
     }
 
     async fn take_ceremony(&self, id: &str, now: Timestamp) -> StoreResult<Option<Ceremony>> {
@@ -1421,7 +1415,7 @@ impl IdentityStore for ScyllaStore {
             }
             // Taken or replaced meanwhile: decide again from what is there now.
         }
-        Err(contended(&format!("ceremony {id}")))
+        Err(contended(format!("ceremony {id}"), CAS_ATTEMPTS))
     }
 }
 

@@ -23,8 +23,8 @@ use uuid::Uuid;
 
 use super::schema::Migration;
 use super::{
-    applied, corrupt, logged_batch, maybe_row, prepare, prepare_serial_read, read_paged, rows,
-    unavailable, ScyllaStore,
+    applied, contended, corrupt, logged_batch, maybe_row, page_of, prepare, prepare_serial_read,
+    read_paged, rows, unavailable, ScyllaStore,
 };
 use crate::{
     check_chunks, embedding_from_bytes, embedding_to_bytes, Chunk, Document, DocumentId,
@@ -696,15 +696,6 @@ fn page_of_jars(jars: Vec<HoneyJar>, query: &JarQuery) -> (Vec<HoneyJar>, u64) {
     (page_of(matching, query.page), total)
 }
 
-fn page_of<T>(items: Vec<T>, page: Page) -> Vec<T> {
-    let offset = usize::try_from(page.offset).unwrap_or(usize::MAX);
-    items
-        .into_iter()
-        .skip(offset)
-        .take(page.limit as usize)
-        .collect()
-}
-
 fn document_row(document: &Document, stored_chunks: i64, written_at: i64) -> DocumentRow {
     DocumentRow {
         id: document.id,
@@ -802,12 +793,6 @@ fn jar_not_found() -> StoreError {
 
 fn document_not_found() -> StoreError {
     StoreError::NotFound { entity: "document" }
-}
-
-fn contended(what: &str, id: Uuid) -> StoreError {
-    StoreError::Unavailable(format!(
-        "{what} {id}: contended, gave up after {CAS_ATTEMPTS} attempts"
-    ))
 }
 
 /// A short, random pause before compare-and-set attempt `attempt` tries again.
@@ -964,9 +949,10 @@ impl ScyllaStore {
             }
             back_off(attempt).await;
         }
-        Err(StoreError::Unavailable(format!(
-            "honey jar {jar_id}: counts contended, gave up after {COUNT_ATTEMPTS} attempts"
-        )))
+        Err(contended(
+            format!("counts of honey jar {jar_id}"),
+            COUNT_ATTEMPTS as usize,
+        ))
     }
 
     async fn read_document_row(
@@ -1103,7 +1089,7 @@ impl ScyllaStore {
                 return Ok((current, timestamp));
             }
         }
-        Err(contended("document", document.id))
+        Err(contended(format!("document {}", document.id), CAS_ATTEMPTS))
     }
 
     /// Removes a document marked deleted: its index rows and chunks (at a timestamp later
@@ -1229,7 +1215,7 @@ impl KnowledgeStore for ScyllaStore {
                     .await;
             }
         }
-        Err(contended("honey jar", jar.id))
+        Err(contended(format!("honey jar {}", jar.id), CAS_ATTEMPTS))
     }
 
     async fn delete_jar(&self, id: JarId) -> StoreResult<bool> {
@@ -1259,7 +1245,8 @@ impl KnowledgeStore for ScyllaStore {
                 break;
             }
         }
-        let existed = existed.ok_or_else(|| contended("honey jar", id))?;
+        let existed =
+            existed.ok_or_else(|| contended(format!("honey jar {}", id), CAS_ATTEMPTS))?;
         self.delete_jar_listings(id).await?;
         let entries: Vec<JarDocumentRow> = read_paged(
             &self.session,
@@ -1496,7 +1483,7 @@ impl KnowledgeStore for ScyllaStore {
             .await?;
             return Ok(Some(record));
         }
-        Err(contended("document", id))
+        Err(contended(format!("document {}", id), CAS_ATTEMPTS))
     }
 
     async fn save_chunks(&self, document: &Document, chunks: &[Chunk]) -> StoreResult<()> {

@@ -9,7 +9,7 @@ use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
 use super::schema::Migration;
-use super::{applied, maybe_row, prepare_serial_read, unavailable, ScyllaStore};
+use super::{applied, contended, maybe_row, prepare_serial_read, unavailable, ScyllaStore};
 use crate::{Lease, LeaseStore, StoreError, StoreResult, Timestamp};
 
 pub(super) const MIGRATION: Migration = Migration {
@@ -194,9 +194,7 @@ impl LeaseStore for ScyllaStore {
             }
             // Someone changed the row between the read and the write: decide again.
         }
-        Err(StoreError::Unavailable(format!(
-            "lease {key}: contended, gave up after {CAS_ATTEMPTS} attempts"
-        )))
+        Err(contended(format!("lease {key}"), CAS_ATTEMPTS))
     }
 
     async fn renew_lease(&self, lease: &Lease, ttl_ms: i64, now: Timestamp) -> StoreResult<Lease> {

@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use super::schema::Migration;
 use super::{
-    applied, corrupt, logged_batch, maybe_row, prepare, prepare_serial_read, read_paged,
-    unavailable, ScyllaStore,
+    applied, contended, corrupt, logged_batch, maybe_row, page_of, prepare, prepare_serial_read,
+    read_paged, unavailable, ScyllaStore,
 };
 use crate::{
     JarId, License, LicenseType, Listing, ListingId, ListingQuery, ListingSort, ListingStatus,
@@ -904,23 +904,8 @@ fn order_state_timestamp(order: &Order) -> i64 {
     }
 }
 
-fn contended(what: String) -> StoreError {
-    StoreError::Unavailable(format!(
-        "{what}: contended, gave up after {CAS_ATTEMPTS} attempts"
-    ))
-}
-
 fn already_buys(order: OrderId) -> StoreError {
     StoreError::Conflict(format!("order {order} already buys this listing"))
-}
-
-/// One page of `items`, already in order.
-fn page_of<T>(items: Vec<T>, page: Page) -> Vec<T> {
-    items
-        .into_iter()
-        .skip(usize::try_from(page.offset).unwrap_or(usize::MAX))
-        .take(page.limit as usize)
-        .collect()
 }
 
 /// The active listings matching `query`, sorted and paged as SQLite's `list_listings` does
@@ -1102,7 +1087,7 @@ impl ScyllaStore {
                 return self.write(&self.market.delete_ratings, (id,)).await;
             }
         }
-        Err(contended(format!("deleting listing {id}")))
+        Err(contended(format!("deleting listing {id}"), CAS_ATTEMPTS))
     }
 
     /// Sum and number of a listing's ratings, from its partition.
@@ -1221,9 +1206,10 @@ impl ScyllaStore {
             // A claim whose order never got placed: released, and claimed again.
             self.release_open(buyer, listing, holder.order_id).await?;
         }
-        Err(contended(format!(
-            "the open order of buyer {buyer} for listing {listing}"
-        )))
+        Err(contended(
+            format!("the open order of buyer {buyer} for listing {listing}"),
+            CAS_ATTEMPTS,
+        ))
     }
 
     /// Whether the open-order claim `holder` (of another order than `placing`) stands for a
@@ -1476,7 +1462,7 @@ impl MarketStore for ScyllaStore {
                 return self.index_listing(&next, revision).await;
             }
         }
-        Err(contended(format!("listing {}", listing.id)))
+        Err(contended(format!("listing {}", listing.id), CAS_ATTEMPTS))
     }
 
     async fn list_listings(&self, query: &ListingQuery) -> StoreResult<(Vec<Listing>, u64)> {
@@ -1531,10 +1517,13 @@ impl MarketStore for ScyllaStore {
             }
             return self.record_order(&placing).await;
         }
-        Err(contended(format!(
-            "order key {:?} of buyer {}",
-            order.idempotency_key, order.buyer_id
-        )))
+        Err(contended(
+            format!(
+                "order key {:?} of buyer {}",
+                order.idempotency_key, order.buyer_id
+            ),
+            CAS_ATTEMPTS,
+        ))
     }
 
     async fn order(&self, id: OrderId) -> StoreResult<Option<Order>> {
@@ -1574,7 +1563,7 @@ impl MarketStore for ScyllaStore {
                 return Ok(paid);
             }
         }
-        Err(contended(format!("order {id}")))
+        Err(contended(format!("order {id}"), CAS_ATTEMPTS))
     }
 
     async fn orders_of(&self, buyer: UserId, page: Page) -> StoreResult<(Vec<Order>, u64)> {
@@ -1689,7 +1678,10 @@ impl MarketStore for ScyllaStore {
                 }
             };
         }
-        Err(contended(format!("ratings of listing {listing}")))
+        Err(contended(
+            format!("ratings of listing {listing}"),
+            CAS_ATTEMPTS,
+        ))
     }
 }
 
@@ -1724,19 +1716,7 @@ mod tests {
     }
 
     fn query(sort: ListingSort, order: SortOrder) -> ListingQuery {
-        ListingQuery {
-            category: None,
-            price_min_minor: None,
-            price_max_minor: None,
-            rating_min_centi: None,
-            search: None,
-            sort,
-            order,
-            page: Page {
-                limit: 50,
-                offset: 0,
-            },
-        }
+        crate::tests::listing_query(sort, order)
     }
 
     fn ids(listings: Vec<Listing>, query: &ListingQuery) -> (Vec<u128>, u64) {
@@ -1889,30 +1869,16 @@ mod tests {
     /// `browse` must be SQLite's.
     #[tokio::test]
     async fn browsing_answers_what_sqlite_answers() {
-        use crate::{HoneyJar, JarSettings, KnowledgeStore, SqliteStore, Visibility};
+        use crate::{HoneyJar, KnowledgeStore, SqliteStore};
 
         let dir = tempfile::tempdir().unwrap();
         let sqlite = SqliteStore::open(dir.path().join("sting.db"))
             .await
             .unwrap();
         let jar = HoneyJar {
-            id: Uuid::new_v4(),
-            owner_id: Uuid::new_v4(),
-            name: "jar".into(),
-            description: String::new(),
-            visibility: Visibility::Private,
-            tags: Vec::new(),
-            settings: JarSettings {
-                allow_search: true,
-                allow_export: false,
-                encryption_enabled: false,
-            },
-            shared_with: Vec::new(),
-            wrapped_key: None,
-            document_count: 0,
-            embedding_count: 0,
             created_at: Timestamp(1),
             updated_at: Timestamp(1),
+            ..crate::tests::sample_jar(Uuid::new_v4())
         };
         sqlite.create_jar(&jar).await.unwrap();
         // Price, creation time, (rating sum, count), category, title.

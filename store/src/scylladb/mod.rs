@@ -313,6 +313,22 @@ impl DriverError for NewSessionError {}
 impl DriverError for UseKeyspaceError {}
 impl DriverError for SchemaAgreementError {}
 
+/// A compare-and-set that kept losing its race: retryable.
+fn contended(what: impl std::fmt::Display, attempts: usize) -> StoreError {
+    StoreError::Unavailable(format!(
+        "{what}: contended, gave up after {attempts} attempts"
+    ))
+}
+
+/// One page of `items`, already in order (filtered and sorted in the node).
+fn page_of<T>(items: Vec<T>, page: crate::Page) -> Vec<T> {
+    items
+        .into_iter()
+        .skip(usize::try_from(page.offset).unwrap_or(usize::MAX))
+        .take(page.limit as usize)
+        .collect()
+}
+
 /// A row the store cannot read back: a schema or data bug, not a transient failure.
 fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(format!("ScyllaDB {what}: {err}"))

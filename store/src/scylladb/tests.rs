@@ -152,6 +152,15 @@ fn lease_rows_roundtrip_through_the_driver_serialization() {
 }
 
 #[test]
+fn pages_are_the_tail_of_the_first_offset_plus_limit() {
+    let page = |limit, offset| crate::Page { limit, offset };
+    assert_eq!(page_of(vec![1, 2, 3], page(10, 0)), vec![1, 2, 3]);
+    assert_eq!(page_of(vec![1, 2, 3], page(1, 1)), vec![2]);
+    assert!(page_of(vec![1, 2, 3], page(2, 3)).is_empty());
+    assert!(page_of(vec![1, 2, 3], page(2, u64::MAX)).is_empty());
+}
+
+#[test]
 fn refused_requests_are_internal_and_failures_to_serve_are_unavailable() {
     let refused = |error: DbError| {
         unavailable(ExecutionError::LastAttemptError(

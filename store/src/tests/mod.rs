@@ -1797,7 +1797,7 @@ fn sample_order(listing: &Listing, buyer: UserId, key: &str) -> Order {
     }
 }
 
-fn listing_query(sort: ListingSort, order: SortOrder) -> ListingQuery {
+pub(crate) fn listing_query(sort: ListingSort, order: SortOrder) -> ListingQuery {
     ListingQuery {
         category: None,
         price_min_minor: None,
