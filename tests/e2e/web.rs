@@ -187,10 +187,12 @@ async fn people_use_the_platform_from_the_browser() {
     else {
         return;
     };
-    // A short system prompt leaves the fixture model's small context room for sources.
+    // A short system prompt leaves the fixture model's small context room for sources; greedy
+    // decoding makes the fixture model's answer the same on every run.
     let server = crate::harness::ServerOptions::new()
         .env("STING_RATE_LIMITS__UPLOAD__REQUESTS", "1000")
         .env("STING_CHAT__SYSTEM_PROMPT", "You are Bee.")
+        .env("STING_CHAT__DEFAULT_TEMPERATURE", "0")
         .start()
         .await;
     let app = app_url(&server);
