@@ -27,7 +27,7 @@ use ort::value::Tensor;
 use sha2::{Digest, Sha256};
 use sting_actors::ingestion::blobs::{BlobStore, MasterKey};
 use sting_actors::ingestion::chunk::{chunk, ChunkingConfig};
-use sting_actors::ingestion::extract::{extract, DocumentKind};
+use sting_actors::ingestion::extract::{extract, DocumentKind, ExtractLimits};
 use sting_actors::ingestion::pipeline::{Context, IngestionConfig, IngestionHandle};
 use sting_actors::jar_shard::{ShardConfig, ShardRegistry};
 use sting_actors::model::manifest::ModelDir;
@@ -75,7 +75,8 @@ fn main() {
     let texts: Vec<String> = uploads
         .iter()
         .flat_map(|upload| {
-            let extracted = extract(upload.kind, &upload.bytes).expect("extracted");
+            let extracted =
+                extract(upload.kind, &upload.bytes, &ExtractLimits::default()).expect("extracted");
             chunk(&extracted.sections, &CHUNKING, &counter).expect("chunked")
         })
         .map(|piece| piece.text)
@@ -393,6 +394,8 @@ async fn ingest(
             concurrency: CONCURRENCY,
             queue_depth: uploads.len(),
             embed_batch: EMBED_BATCH,
+            extract_limits: ExtractLimits::default(),
+            max_attempts: 3,
         },
         counters: Default::default(),
         shards: shards.clone(),

@@ -308,6 +308,7 @@ async fn run_sting(corpus: &Corpus, truth: &Truth) -> StingFigures {
             chunk_count: CHUNKS_PER_DOCUMENT as u64,
             embedding_count: CHUNKS_PER_DOCUMENT as u64,
             processing_ms: Some(1),
+            processing_attempts: 1,
             word_count: 100,
             language: Some("en".into()),
             ..upload

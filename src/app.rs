@@ -16,7 +16,7 @@ use sting_cluster::{Cluster, MemberState, NodeId, NodeReport};
 use sting_store::{ScyllaStore, SqliteStore, Store, Timestamp};
 
 use crate::config::{Config, StoreBackend};
-use crate::edge::rate_limit::RateLimits;
+use crate::edge::rate_limit::{RateLimits, TrustedProxies};
 use crate::identity::IdentityService;
 use crate::knowledge::KnowledgeService;
 use crate::marketplace::{InvoiceProvider, MarketplaceService};
@@ -36,6 +36,8 @@ pub struct AppContext {
     pub marketplace: MarketplaceService,
     pub passkeys: PasskeyService,
     pub rate_limits: RateLimits,
+    /// Whose `X-Forwarded-For` names the client (checked when the config was loaded).
+    pub trusted_proxies: TrustedProxies,
     pub metrics: Metrics,
     pub host: Arc<HostSampler>,
     /// Becomes `true` when the node shuts down (WebSockets, which graceful shutdown does not
@@ -93,13 +95,28 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     })
 }
 
+/// Creates `dir` (and its parents) if missing, and makes it its owner's alone (0700): it holds
+/// the database, the keys and the originals. A directory made beforehand (by an installer, say)
+/// is tightened too.
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating directory {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", dir.display()))?;
+        tracing::info!(dir = %dir.display(), was = format!("{mode:o}"), "made the directory private (0700)");
+    }
+    Ok(())
+}
+
 impl AppContext {
     /// Opens the store, starts the session supervisor and housekeeping, and creates the
     /// bootstrap admin when configured.
     pub async fn start(config: Config) -> anyhow::Result<(Arc<AppContext>, Background)> {
         for dir in [config.data_dir.clone(), config.store_dir()] {
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("creating directory {}", dir.display()))?;
+            create_private_dir(&dir)?;
         }
         let cluster = Cluster::start(config.cluster_config())
             .await
@@ -190,6 +207,8 @@ impl AppContext {
             node: cluster.local().clone(),
             cluster: cluster.clone(),
             rate_limits: RateLimits::new(&config.rate_limits),
+            trusted_proxies: TrustedProxies::parse(&config.server.trusted_proxies)
+                .unwrap_or_default(),
             metrics: Metrics::new(store.client_stats().is_some()),
             host: host.clone(),
             closing: tokio::sync::watch::Sender::new(false),

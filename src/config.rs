@@ -116,6 +116,7 @@ pub struct ServerConfig {
     pub tls_key_path: String,
     pub max_connections: usize,
     pub shutdown_grace_secs: u64,
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -157,6 +158,7 @@ pub struct WebauthnConfig {
 pub struct RateLimitsConfig {
     pub enabled: bool,
     pub auth: RateRule,
+    pub auth_account: RateRule,
     pub chat: RateRule,
     pub search: RateRule,
     pub upload: RateRule,
@@ -184,6 +186,8 @@ pub struct ModelsConfig {
     pub intra_threads: usize,
     pub queue_depth: usize,
     pub max_batch: usize,
+    pub embedding_max_inputs: usize,
+    pub embedding_max_input_chars: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -213,6 +217,11 @@ pub struct KnowledgeConfig {
     pub ingestion_concurrency: usize,
     pub ingestion_queue_depth: usize,
     pub embed_batch: usize,
+    pub extract_max_output_ratio: u64,
+    pub extract_min_output_bytes: u64,
+    pub extract_max_output_bytes: u64,
+    pub extract_timeout_secs: u64,
+    pub max_processing_attempts: u32,
     pub shards_per_jar: u32,
     pub shard_lease_ttl_secs: u64,
     pub shard_idle_secs: u64,
@@ -322,6 +331,13 @@ impl Config {
         {
             return invalid("limits must be positive");
         }
+        if let Err(reason) =
+            crate::edge::rate_limit::TrustedProxies::parse(&self.server.trusted_proxies)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "server.trusted_proxies: {reason}"
+            )));
+        }
         if self.server.max_connections == 0 {
             return invalid("server.max_connections must be positive");
         }
@@ -351,6 +367,7 @@ impl Config {
         }
         let rules = [
             ("auth", self.rate_limits.auth),
+            ("auth_account", self.rate_limits.auth_account),
             ("chat", self.rate_limits.chat),
             ("search", self.rate_limits.search),
             ("upload", self.rate_limits.upload),
@@ -364,8 +381,15 @@ impl Config {
             }
         }
         let models = &self.models;
-        if models.max_loaded == 0 || models.max_batch == 0 || models.intra_threads == 0 {
-            return invalid("models.max_loaded, max_batch and intra_threads must be positive");
+        if models.max_loaded == 0
+            || models.max_batch == 0
+            || models.intra_threads == 0
+            || models.embedding_max_inputs == 0
+            || models.embedding_max_input_chars == 0
+        {
+            return invalid(
+                "models.max_loaded, max_batch, intra_threads and embedding_max_* must be positive",
+            );
         }
         let chat = &self.chat;
         if !(chat.context_budget_ratio > 0.0 && chat.context_budget_ratio <= 1.0) {
@@ -390,6 +414,10 @@ impl Config {
         if knowledge.max_upload_bytes == 0
             || knowledge.ingestion_concurrency == 0
             || knowledge.embed_batch == 0
+            || knowledge.extract_max_output_ratio == 0
+            || knowledge.extract_max_output_bytes == 0
+            || knowledge.extract_timeout_secs == 0
+            || knowledge.max_processing_attempts == 0
             || knowledge.shards_per_jar == 0
             || knowledge.shard_lease_ttl_secs == 0
             || knowledge.shard_idle_secs == 0
@@ -553,6 +581,13 @@ impl Config {
             concurrency: knowledge.ingestion_concurrency,
             queue_depth: knowledge.ingestion_queue_depth,
             embed_batch: knowledge.embed_batch,
+            extract_limits: sting_actors::ingestion::extract::ExtractLimits {
+                max_output_ratio: knowledge.extract_max_output_ratio,
+                min_output_bytes: knowledge.extract_min_output_bytes,
+                max_output_bytes: knowledge.extract_max_output_bytes,
+                timeout: Duration::from_secs(knowledge.extract_timeout_secs),
+            },
+            max_attempts: knowledge.max_processing_attempts,
         }
     }
 

@@ -122,6 +122,10 @@ struct CreateUserArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // What the node writes (database, keys, originals, indexes, certificates) is the service
+    // account's alone: directories 0700, files 0600.
+    // SAFETY: umask only replaces the process's file-mode mask; no other thread runs yet.
+    unsafe { libc::umask(0o077) };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sting")

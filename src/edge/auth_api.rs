@@ -11,8 +11,9 @@ use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::error::ErrorEnvelope;
+use super::error::{ApiError, ErrorEnvelope};
 use super::json::json_body;
+use super::rate_limit::{Caller, Category};
 use super::{authenticated, optional_identity, reject, rfc3339, with_ctx};
 use crate::app::AppContext;
 use crate::identity::NewSession;
@@ -158,6 +159,19 @@ pub async fn register(ctx: Arc<AppContext>, body: RegisterRequest) -> Result<Res
         (status = 429, description = "Too many attempts", body = ErrorEnvelope),
     ))]
 pub async fn login(ctx: Arc<AppContext>, body: LoginRequest) -> Result<Response, Rejection> {
+    // Beside the per-address bucket the edge checked: guesses at one account from many
+    // addresses.
+    let account = Caller::Account(body.email.trim().to_lowercase());
+    if let Some(decision) = ctx
+        .rate_limits
+        .check(Category::AuthAccount, &account)
+        .filter(|decision| !decision.allowed)
+    {
+        return Err(reject(ApiError::rate_limited(
+            decision.limit,
+            decision.retry_after,
+        )));
+    }
     let new = ctx
         .identity
         .login(&body.email, &body.password)

@@ -135,6 +135,16 @@ impl ApiError {
         .with_details(json!({ "limit_bytes": limit }))
     }
 
+    /// 415 for a body that is not of the `expected` media type.
+    pub fn unsupported_media_type(expected: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            format!("the request body must be sent as Content-Type: {expected}"),
+        )
+        .with_details(json!({ "expected": expected }))
+    }
+
     pub fn rate_limited(limit: u32, retry_after: u64) -> ApiError {
         let mut err = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

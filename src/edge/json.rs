@@ -9,16 +9,38 @@ use super::error::ApiError;
 
 /// Extracts a JSON body of at most `limit` bytes into `T`.
 ///
-/// Malformed JSON → 400 `INVALID_REQUEST`; a missing or mistyped field → 422
+/// Not declared `application/json` → 415 `UNSUPPORTED_MEDIA_TYPE` (so that no cross-site form,
+/// which can only send `text/plain`, form or multipart bodies, reaches a JSON endpoint);
+/// malformed JSON → 400 `INVALID_REQUEST`; a missing or mistyped field → 422
 /// `VALIDATION_ERROR` with `details.field`; too large → 413 (also for chunked bodies, which
 /// carry no length up front).
 pub fn json_body<T: DeserializeOwned + Send>(
     limit: u64,
 ) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
-    warp::body::stream().and_then(move |body| async move {
-        let bytes = collect_limited(body, limit).await?;
-        parse_json(&bytes).map_err(warp::reject::custom)
-    })
+    warp::header::optional::<String>("content-type")
+        .and(warp::body::stream())
+        .and_then(move |content_type: Option<String>, body| async move {
+            if !is_json(content_type.as_deref()) {
+                return Err(warp::reject::custom(ApiError::unsupported_media_type(
+                    "application/json",
+                )));
+            }
+            let bytes = collect_limited(body, limit).await?;
+            parse_json(&bytes).map_err(warp::reject::custom)
+        })
+}
+
+/// Whether a `Content-Type` is JSON: `application/json` or `application/<x>+json`, with any
+/// parameters (`; charset=utf-8`).
+fn is_json(content_type: Option<&str>) -> bool {
+    let Some(essence) = content_type.and_then(|value| value.split(';').next()) else {
+        return false;
+    };
+    let essence = essence.trim().to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|subtype| subtype.ends_with("+json"))
 }
 
 async fn collect_limited<S, B>(body: S, limit: u64) -> Result<BytesMut, Rejection>
@@ -138,6 +160,27 @@ mod tests {
             let err = parse_json::<Login>(body).unwrap_err();
             assert_eq!(err.status, 400, "{:?}", String::from_utf8_lossy(body));
             assert_eq!(err.code, "INVALID_REQUEST");
+        }
+    }
+
+    #[test]
+    fn only_json_media_types_are_json() {
+        for json in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/merge-patch+json",
+        ] {
+            assert!(is_json(Some(json)), "{json}");
+        }
+        for other in [
+            None,
+            Some("text/plain"),
+            Some("text/plain; application/json"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+            Some("application/jsonp"),
+        ] {
+            assert!(!is_json(other), "{other:?}");
         }
     }
 }

@@ -312,31 +312,46 @@ fn jar_view(
     }
 }
 
-/// The shared-with list, for the jar's owner and admins only.
-async fn shared_view(
+/// Whether `who` sees a jar's people by email (its owner's, and whom it is shared with): its
+/// owner and admins do; every other reader sees the owner's name only.
+fn manages(who: &Identity, jar: &HoneyJar) -> bool {
+    jar.owner_id == who.user_id || who.is_admin()
+}
+
+/// One jar as `who` may see it, with its owner and (to those who manage it) its shared-with
+/// list.
+async fn jar_detail_view(
     ctx: &AppContext,
     who: &Identity,
     jar: &HoneyJar,
-) -> Result<Option<Vec<SharedUser>>, Rejection> {
-    if jar.owner_id != who.user_id && !who.is_admin() {
-        return Ok(None);
-    }
+) -> Result<JarView, Rejection> {
+    let owner = ctx.knowledge.users(&[jar.owner_id]).await.map_err(reject)?;
+    let manages = manages(who, jar);
+    let shared = if manages {
+        Some(shared_view(ctx, jar).await?)
+    } else {
+        None
+    };
+    Ok(jar_view(jar, owner.get(&jar.owner_id), manages, shared))
+}
+
+/// The shared-with list.
+async fn shared_view(ctx: &AppContext, jar: &HoneyJar) -> Result<Vec<SharedUser>, Rejection> {
     let users = ctx
         .knowledge
         .users(&jar.shared_with)
         .await
         .map_err(reject)?;
-    Ok(Some(
-        jar.shared_with
-            .iter()
-            .filter_map(|id| users.get(id))
-            .map(|user| SharedUser {
-                id: user.id,
-                email: user.email.clone(),
-                name: user.name.clone(),
-            })
-            .collect(),
-    ))
+    Ok(jar
+        .shared_with
+        .iter()
+        .filter_map(|id| users.get(id))
+        .map(|user| SharedUser {
+            id: user.id,
+            email: user.email.clone(),
+            name: user.name.clone(),
+        })
+        .collect())
 }
 
 /// Create a honey jar owned by the caller.
@@ -469,9 +484,7 @@ pub async fn list_jars(
     responses((status = 200, body = JarView), (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
 pub async fn get_jar(id: Uuid, ctx: Arc<AppContext>, who: Identity) -> Result<Response, Rejection> {
     let jar = ctx.knowledge.readable(&who, id).await.map_err(reject)?;
-    let owner = ctx.knowledge.users(&[jar.owner_id]).await.map_err(reject)?;
-    let shared = shared_view(&ctx, &who, &jar).await?;
-    Ok(warp::reply::json(&jar_view(&jar, owner.get(&jar.owner_id), true, shared)).into_response())
+    Ok(warp::reply::json(&jar_detail_view(&ctx, &who, &jar).await?).into_response())
 }
 
 /// Change a honey jar (owner or admin).
@@ -503,9 +516,7 @@ pub async fn update_jar(
         )
         .await
         .map_err(reject)?;
-    let owner = ctx.knowledge.users(&[jar.owner_id]).await.map_err(reject)?;
-    let shared = shared_view(&ctx, &who, &jar).await?;
-    Ok(warp::reply::json(&jar_view(&jar, owner.get(&jar.owner_id), true, shared)).into_response())
+    Ok(warp::reply::json(&jar_detail_view(&ctx, &who, &jar).await?).into_response())
 }
 
 /// Share a `shared` jar with these users (by email; replaces the list). Added to the contract.
@@ -524,9 +535,7 @@ pub async fn share_jar(
         .share_jar(&who, id, &body.emails)
         .await
         .map_err(reject)?;
-    let owner = ctx.knowledge.users(&[jar.owner_id]).await.map_err(reject)?;
-    let shared = shared_view(&ctx, &who, &jar).await?;
-    Ok(warp::reply::json(&jar_view(&jar, owner.get(&jar.owner_id), true, shared)).into_response())
+    Ok(warp::reply::json(&jar_detail_view(&ctx, &who, &jar).await?).into_response())
 }
 
 #[derive(Debug, Serialize, ToSchema)]

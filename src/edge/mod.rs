@@ -19,7 +19,7 @@ pub mod webauthn_api;
 pub mod ws;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -40,6 +40,8 @@ use rate_limit::{Caller, Category};
 pub struct RequestContext {
     /// `None` when no valid session came with the request.
     pub identity: Option<Identity>,
+    /// The client's address (behind a trusted proxy, the one it forwarded for).
+    pub client_ip: IpAddr,
 }
 
 /// All routes, with every rejection turned into the error envelope.
@@ -95,8 +97,9 @@ where
             let method = request.method().clone();
             let path = request.uri().path().to_owned();
             let category = Category::of(&method, &path);
+            let client_ip = ctx.trusted_proxies.client_ip(peer.ip(), request.headers());
             let (mut response, user_id) =
-                admit_and_route(&ctx, routes, request, peer, category).await;
+                admit_and_route(&ctx, routes, request, client_ip, category).await;
 
             let headers = response.headers_mut();
             if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -115,7 +118,7 @@ where
                 status,
                 duration_ms = elapsed.as_secs_f64() * 1e3,
                 user_id = user_id.map(|id| id.to_string()),
-                client_ip = %peer.ip(),
+                client_ip = %client_ip,
                 "request"
             );
             Ok(response)
@@ -128,7 +131,7 @@ async fn admit_and_route<B>(
     ctx: &AppContext,
     routes: Routes,
     mut request: Request<B>,
-    peer: SocketAddr,
+    client_ip: IpAddr,
     category: Option<Category>,
 ) -> (Response, Option<sting_store::UserId>)
 where
@@ -170,18 +173,18 @@ where
     let user_id = identity.as_ref().map(|identity| identity.user_id);
 
     let decision = category.and_then(|category| {
-        let caller = match user_id {
-            Some(id) => Caller::User(id),
-            None => Caller::Ip(peer.ip()),
-        };
-        ctx.rate_limits.check(category, &caller)
+        ctx.rate_limits
+            .check(category, &Caller::of(category, user_id, client_ip))
     });
     let mut response = match decision {
         Some(decision) if !decision.allowed => {
             error_response(ApiError::rate_limited(decision.limit, decision.retry_after))
         }
         _ => {
-            request.extensions_mut().insert(RequestContext { identity });
+            request.extensions_mut().insert(RequestContext {
+                identity,
+                client_ip,
+            });
             match warp::service(routes).call(request).await {
                 Ok(response) => response,
                 Err(never) => match never {},
@@ -301,6 +304,11 @@ pub fn admin() -> impl Filter<Extract = (Identity,), Error = Rejection> + Clone 
 pub fn optional_identity() -> impl Filter<Extract = (Option<Identity>,), Error = Rejection> + Clone
 {
     request_context().map(|rc: RequestContext| rc.identity)
+}
+
+/// The client's address, as the edge resolved it.
+pub fn client_ip() -> impl Filter<Extract = (IpAddr,), Error = Rejection> + Clone {
+    request_context().map(|rc: RequestContext| rc.client_ip)
 }
 
 /// Hands the shared context to a handler.

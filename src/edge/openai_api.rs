@@ -195,8 +195,24 @@ pub async fn embeddings(
         EmbeddingInput::One(text) => vec![text],
         EmbeddingInput::Many(texts) => texts,
     };
-    if texts.is_empty() {
-        return Err(reject(ApiError::validation("input", "must not be empty")));
+    let models = &ctx.config.models;
+    if texts.is_empty() || texts.len() > models.embedding_max_inputs {
+        return Err(reject(ApiError::validation(
+            "input",
+            format!("must hold 1 to {} inputs", models.embedding_max_inputs),
+        )));
+    }
+    if let Some(index) = texts
+        .iter()
+        .position(|text| text.chars().count() > models.embedding_max_input_chars)
+    {
+        return Err(reject(ApiError::validation(
+            &format!("input[{index}]"),
+            format!(
+                "must have at most {} characters",
+                models.embedding_max_input_chars
+            ),
+        )));
     }
     let model = body
         .model

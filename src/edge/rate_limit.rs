@@ -1,11 +1,19 @@
-//! Rate limiting per the API's table: one GCRA bucket per (category, caller), the caller being
-//! the user when authenticated and the client IP otherwise. Built on `governor` (the standard
-//! Rust GCRA implementation: lock-free, keyed, with state snapshots for the headers).
+//! Rate limiting per the API's table: one GCRA bucket per (category, caller). Built on
+//! `governor` (the standard Rust GCRA implementation: lock-free, keyed, with state snapshots
+//! for the headers).
 //!
-//! Keyed by user rather than by session so that opening more sessions never buys more requests.
+//! What a request is decides its bucket, from the route it matches ([`Category::of`] reads the
+//! path's segments, so `/api/knowledge/search/` or `//api//knowledge/search` count as search).
+//! Credential attempts (login, registration, passkey ceremonies) are counted per client
+//! address, and login also per target account, never per session: a session of one's own must
+//! not buy fresh guesses at someone else's password. Everything else is counted per user when
+//! authenticated (not per session, so that opening more sessions never buys more requests) and
+//! per client address otherwise. An IPv6 client is one /64 (what one subscriber gets), and
+//! behind a reverse proxy listed in `server.trusted_proxies` the client is the address that
+//! proxy put in `X-Forwarded-For`. Health probes and metrics scrapes are never limited.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +28,10 @@ use crate::config::{RateLimitsConfig, RateRule};
 /// The API's rate-limit categories.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Category {
+    /// Credential attempts (`rate_limits.auth`), per client address.
     Auth,
+    /// Login attempts at one account from anywhere (`rate_limits.auth_account`).
+    AuthAccount,
     Chat,
     Search,
     Upload,
@@ -28,37 +39,43 @@ pub enum Category {
 }
 
 impl Category {
-    /// The category of a request, or `None` for routes outside the API (e.g. `/metrics`).
-    /// The OpenAI-compatible `/v1` routes count like their `/api` counterparts.
+    /// The category of a request, or `None` for what is never limited: health probes,
+    /// metrics scrapes and routes outside the API (the web app). The OpenAI-compatible `/v1`
+    /// routes count like their `/api` counterparts. Empty segments are ignored, as routing
+    /// ignores them, so that no spelling of a path moves it to another bucket.
     pub fn of(method: &Method, path: &str) -> Option<Category> {
-        if let Some(openai) = path.strip_prefix("/v1/") {
-            return Some(match openai {
-                "chat/completions" => Category::Chat,
-                _ => Category::General,
-            });
-        }
-        let api = path.strip_prefix("/api/")?;
-        let segments: Vec<&str> = api.split('/').collect();
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let post = method == Method::POST;
         Some(match segments.as_slice() {
-            // Managing one's passkeys is not a login attempt.
-            ["auth", "webauthn", "passkeys", ..] => Category::General,
-            ["auth", ..] => Category::Auth,
-            ["chat", ..] => Category::Chat,
-            ["knowledge", "search" | "ask"] | ["marketplace", "honey-pots", _, "preview"] => {
-                Category::Search
+            ["v1", "chat", "completions"] => Category::Chat,
+            ["v1", ..] => Category::General,
+            ["api", "system", "health" | "metrics"] => return None,
+            ["api", "auth", "login" | "register"]
+            | ["api", "auth", "webauthn", "register" | "login", _]
+                if post =>
+            {
+                Category::Auth
             }
-            ["knowledge", "honey-pots", _, "documents"] | ["knowledge", "honey-pots", "import"]
-                if method == Method::POST =>
+            // Session checks, logout and managing one's passkeys are not credential attempts.
+            ["api", "auth", ..] => Category::General,
+            ["api", "chat", ..] => Category::Chat,
+            ["api", "knowledge", "search" | "ask"]
+            | ["api", "marketplace", "honey-pots", _, "preview"] => Category::Search,
+            ["api", "knowledge", "honey-pots", _, "documents"]
+            | ["api", "knowledge", "honey-pots", "import"]
+                if post =>
             {
                 Category::Upload
             }
-            _ => Category::General,
+            ["api", ..] => Category::General,
+            _ => return None,
         })
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             Category::Auth => "auth",
+            Category::AuthAccount => "auth_account",
             Category::Chat => "chat",
             Category::Search => "search",
             Category::Upload => "upload",
@@ -71,7 +88,81 @@ impl Category {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Caller {
     User(UserId),
+    /// A client address, as [`Caller::address`] makes it.
     Ip(IpAddr),
+    /// The account a login names (its email, lowercased).
+    Account(String),
+}
+
+impl Caller {
+    /// The client at `ip`: an IPv4 address (also when mapped into IPv6), or an IPv6 /64.
+    pub fn address(ip: IpAddr) -> Caller {
+        Caller::Ip(match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 64) - 1))),
+            },
+            v4 => v4,
+        })
+    }
+
+    /// Who a request of `category` is counted as.
+    pub fn of(category: Category, user: Option<UserId>, client: IpAddr) -> Caller {
+        match (category, user) {
+            (Category::Auth, _) | (_, None) => Caller::address(client),
+            (_, Some(user)) => Caller::User(user),
+        }
+    }
+}
+
+/// The reverse proxies whose `X-Forwarded-For` is believed (`server.trusted_proxies`).
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    /// Parses addresses (`10.0.0.5`) and networks (`10.0.0.0/8`, `fd00::/8`).
+    pub fn parse(entries: &[String]) -> Result<TrustedProxies, String> {
+        entries
+            .iter()
+            .map(|entry| {
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("{entry:?} is not an IP address or network"))
+            })
+            .collect::<Result<_, _>>()
+            .map(TrustedProxies)
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client's address: the peer's, unless the peer is a trusted proxy; then the last
+    /// address in `X-Forwarded-For` that is not itself a trusted proxy (each proxy appends the
+    /// address it heard from, so the entries left of the first untrusted one are the client's
+    /// to forge).
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>();
+        for hop in forwarded.iter().rev() {
+            match hop.parse::<IpAddr>() {
+                Ok(ip) if self.trusts(ip) => continue,
+                Ok(ip) => return ip,
+                // A hop that is not an address: what lies left of it cannot be trusted.
+                Err(_) => break,
+            }
+        }
+        peer
+    }
 }
 
 type Limiter = RateLimiter<
@@ -113,6 +204,7 @@ impl RateLimits {
         }
         let rules = [
             (Category::Auth, config.auth),
+            (Category::AuthAccount, config.auth_account),
             (Category::Chat, config.chat),
             (Category::Search, config.search),
             (Category::Upload, config.upload),
@@ -200,6 +292,7 @@ mod tests {
         RateLimitsConfig {
             enabled: true,
             auth: rule,
+            auth_account: rule,
             chat: rule,
             search: rule,
             upload: rule,
@@ -211,45 +304,131 @@ mod tests {
     fn categories_follow_the_api_table() {
         let get = Method::GET;
         let post = Method::POST;
-        assert_eq!(Category::of(&post, "/api/auth/login"), Some(Category::Auth));
+        let table = [
+            (&post, "/api/auth/login", Some(Category::Auth)),
+            (&post, "/api/auth/register", Some(Category::Auth)),
+            (&post, "/api/auth/webauthn/login/init", Some(Category::Auth)),
+            (
+                &post,
+                "/api/auth/webauthn/register/complete",
+                Some(Category::Auth),
+            ),
+            (&get, "/api/auth/session", Some(Category::General)),
+            (&post, "/api/auth/logout", Some(Category::General)),
+            (&get, "/api/auth/webauthn/passkeys", Some(Category::General)),
+            (&post, "/api/chat/message", Some(Category::Chat)),
+            (&post, "/api/knowledge/search", Some(Category::Search)),
+            (&post, "/api/knowledge/ask", Some(Category::Search)),
+            (
+                &post,
+                "/api/knowledge/honey-pots/x/documents",
+                Some(Category::Upload),
+            ),
+            (
+                &get,
+                "/api/knowledge/honey-pots/x/documents",
+                Some(Category::General),
+            ),
+            (
+                &post,
+                "/api/knowledge/honey-pots/import",
+                Some(Category::Upload),
+            ),
+            (
+                &get,
+                "/api/knowledge/honey-pots/x/export",
+                Some(Category::General),
+            ),
+            (&get, "/api/system/health", None),
+            (&get, "/api/system/metrics", None),
+            (&get, "/metrics", None),
+            (&get, "/", None),
+            (&post, "/v1/chat/completions", Some(Category::Chat)),
+            (&get, "/v1/models", Some(Category::General)),
+            (&get, "/api/system/status", Some(Category::General)),
+        ];
+        for (method, path, category) in table {
+            assert_eq!(Category::of(method, path), category, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn other_spellings_of_a_path_keep_its_category() {
+        let post = Method::POST;
+        for (path, category) in [
+            ("/api/knowledge/search/", Category::Search),
+            ("//api//knowledge/search", Category::Search),
+            ("/v1/chat/completions/", Category::Chat),
+            ("/api/knowledge/honey-pots/x/documents/", Category::Upload),
+            ("/api/auth/login/", Category::Auth),
+        ] {
+            assert_eq!(Category::of(&post, path), Some(category), "{path}");
+        }
+        assert_eq!(Category::of(&Method::GET, "/api/system/health/"), None);
+    }
+
+    #[test]
+    fn credential_attempts_count_per_address_whoever_is_signed_in() {
+        let user = Some(uuid::Uuid::new_v4());
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        assert_eq!(Caller::of(Category::Auth, user, ip), Caller::Ip(ip));
         assert_eq!(
-            Category::of(&post, "/api/chat/message"),
-            Some(Category::Chat)
+            Caller::of(Category::Chat, user, ip),
+            Caller::User(user.unwrap())
+        );
+        assert_eq!(Caller::of(Category::Chat, None, ip), Caller::Ip(ip));
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_slash_64() {
+        let a = Caller::address("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = Caller::address("2001:db8:1:2:bbbb::9".parse().unwrap());
+        let other = Caller::address("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, other);
+        assert_eq!(a, Caller::Ip("2001:db8:1:2::".parse().unwrap()));
+        assert_eq!(
+            Caller::address("::ffff:192.0.2.1".parse().unwrap()),
+            Caller::Ip("192.0.2.1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn forwarded_addresses_are_believed_from_trusted_proxies_only() {
+        let proxies =
+            TrustedProxies::parse(&["10.0.0.0/8".to_owned(), "192.0.2.1".to_owned()]).unwrap();
+        let headers = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-forwarded-for", HeaderValue::from_str(value).unwrap());
+            headers
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // From a trusted proxy: the rightmost untrusted hop; what the client prepended is not
+        // believed.
+        assert_eq!(
+            proxies.client_ip(ip("10.1.1.1"), &headers("6.6.6.6, 198.51.100.4, 10.2.2.2")),
+            ip("198.51.100.4")
         );
         assert_eq!(
-            Category::of(&post, "/api/knowledge/search"),
-            Some(Category::Search)
+            proxies.client_ip(ip("192.0.2.1"), &headers("198.51.100.4")),
+            ip("198.51.100.4")
+        );
+        // From anyone else, the header is ignored.
+        assert_eq!(
+            proxies.client_ip(ip("198.51.100.9"), &headers("6.6.6.6")),
+            ip("198.51.100.9")
+        );
+        // A trusted proxy without (usable) forwarding is the client.
+        assert_eq!(
+            proxies.client_ip(ip("10.1.1.1"), &HeaderMap::new()),
+            ip("10.1.1.1")
         );
         assert_eq!(
-            Category::of(&post, "/api/knowledge/ask"),
-            Some(Category::Search)
+            proxies.client_ip(ip("10.1.1.1"), &headers("junk")),
+            ip("10.1.1.1")
         );
-        assert_eq!(
-            Category::of(&post, "/api/knowledge/honey-pots/x/documents"),
-            Some(Category::Upload)
-        );
-        assert_eq!(
-            Category::of(&get, "/api/knowledge/honey-pots/x/documents"),
-            Some(Category::General)
-        );
-        assert_eq!(
-            Category::of(&post, "/api/knowledge/honey-pots/import"),
-            Some(Category::Upload)
-        );
-        assert_eq!(
-            Category::of(&get, "/api/knowledge/honey-pots/x/export"),
-            Some(Category::General)
-        );
-        assert_eq!(
-            Category::of(&get, "/api/system/health"),
-            Some(Category::General)
-        );
-        assert_eq!(Category::of(&get, "/metrics"), None);
-        assert_eq!(
-            Category::of(&post, "/v1/chat/completions"),
-            Some(Category::Chat)
-        );
-        assert_eq!(Category::of(&get, "/v1/models"), Some(Category::General));
+        assert!(TrustedProxies::parse(&["10.0.0.0/33".to_owned()]).is_err());
+        assert!(TrustedProxies::parse(&["proxy".to_owned()]).is_err());
     }
 
     #[test]

@@ -13,11 +13,13 @@
 //!
 //! The socket authenticates with the upgrade request's cookie or bearer header, or with a first
 //! `auth` frame. The session is re-checked for every message, so a logout ends the socket's
-//! rights too. Each `message` frame counts against the chat rate limit, like a REST message.
+//! rights too. Each `message` frame counts against the chat rate limit, like a REST message,
+//! and each `auth` frame against the credential-attempt limit of the client's address.
 //! The server pings every `chat.ws_ping_interval_secs` and closes a socket silent for
 //! `chat.ws_idle_timeout_secs`; at shutdown it closes sockets with 1001 (going away).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +40,7 @@ use super::chat_api::{MessageRequest, MessageResponse};
 use super::error::{current_request_id, ApiError, REQUEST_ID};
 use super::json::parse_json;
 use super::rate_limit::{Caller, Category};
-use super::{optional_identity, session_token, with_ctx, SessionToken};
+use super::{client_ip, optional_identity, session_token, with_ctx, SessionToken};
 use crate::app::AppContext;
 
 /// A socket without a session must authenticate this soon.
@@ -58,9 +60,14 @@ pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::ws())
         .and(with_ctx(ctx))
         .and(optional_identity())
+        .and(client_ip())
         .and(warp::header::headers_cloned())
         .map(
-            |ws: Ws, ctx: Arc<AppContext>, identity: Option<Identity>, headers: HeaderMap| {
+            |ws: Ws,
+             ctx: Arc<AppContext>,
+             identity: Option<Identity>,
+             client_ip: IpAddr,
+             headers: HeaderMap| {
                 let chat = &ctx.config.chat;
                 let token = identity
                     .as_ref()
@@ -70,7 +77,7 @@ pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
                 ws.max_frame_size(chat.ws_max_frame_bytes)
                     .max_message_size(chat.ws_max_frame_bytes)
                     .on_upgrade(move |socket| {
-                        REQUEST_ID.scope(upgrade_id, run_socket(socket, ctx, token))
+                        REQUEST_ID.scope(upgrade_id, run_socket(socket, ctx, token, client_ip))
                     })
                     .into_response()
             },
@@ -157,6 +164,8 @@ struct Socket {
     ctx: Arc<AppContext>,
     /// The session token once authenticated (re-checked for every message).
     token: Option<String>,
+    /// Who `auth` frames are counted against.
+    client_ip: IpAddr,
     out: mpsc::Sender<Message>,
     /// Running turns by request id: dropping or firing the sender stops the turn.
     turns: HashMap<String, oneshot::Sender<()>>,
@@ -164,7 +173,12 @@ struct Socket {
     model_events: Option<broadcast::Receiver<ModelEvent>>,
 }
 
-async fn run_socket(socket: WebSocket, ctx: Arc<AppContext>, token: Option<String>) {
+async fn run_socket(
+    socket: WebSocket,
+    ctx: Arc<AppContext>,
+    token: Option<String>,
+    client_ip: IpAddr,
+) {
     let (mut sink, mut stream) = socket.split();
     let (out, mut outbound) = mpsc::channel::<Message>(OUTBOUND_QUEUE);
     let writer = tokio::spawn(async move {
@@ -180,6 +194,7 @@ async fn run_socket(socket: WebSocket, ctx: Arc<AppContext>, token: Option<Strin
     let mut socket = Socket {
         ctx: ctx.clone(),
         token,
+        client_ip,
         out,
         turns: HashMap::new(),
         finished,
@@ -326,6 +341,14 @@ impl Socket {
     }
 
     async fn authenticate(&mut self, token: String) {
+        let decision = self
+            .ctx
+            .rate_limits
+            .check(Category::Auth, &Caller::address(self.client_ip));
+        if let Some(decision) = decision.filter(|d| !d.allowed) {
+            let err = ApiError::rate_limited(decision.limit, decision.retry_after);
+            return self.error(None, err).await;
+        }
         match self.ctx.identity.sessions().authenticate(&token).await {
             Ok(Some(identity)) => {
                 self.token = Some(token);

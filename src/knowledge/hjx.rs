@@ -670,6 +670,7 @@ mod tests {
             chunk_count: 2,
             embedding_count: 2,
             processing_ms: Some(5),
+            processing_attempts: 1,
             pages: None,
             word_count: 6,
             language: Some("en".into()),

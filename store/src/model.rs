@@ -380,6 +380,9 @@ pub struct Document {
     pub chunk_count: u64,
     pub embedding_count: u64,
     pub processing_ms: Option<u64>,
+    /// Times processing was started on it: a document that keeps taking its node down is
+    /// failed after a few, not resumed forever.
+    pub processing_attempts: u32,
     pub pages: Option<u32>,
     pub word_count: u64,
     /// ISO 639-1 code when detected.
@@ -417,6 +420,7 @@ impl Document {
             chunk_count: 0,
             embedding_count: 0,
             processing_ms: None,
+            processing_attempts: 0,
             pages: None,
             word_count: 0,
             language: None,

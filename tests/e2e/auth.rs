@@ -172,8 +172,88 @@ async fn sixth_login_attempt_within_a_minute_is_refused() {
         "reset {reset} vs now {now}"
     );
 
-    // Other categories keep their own budget.
+    // Other categories keep their own budget; health probes have none.
+    let session = server.get("/api/auth/session", None).await;
+    assert_eq!(session.header("x-ratelimit-limit"), Some("1000"));
     let health = server.get("/api/system/health", None).await;
     assert_eq!(health.status, StatusCode::OK);
-    assert_eq!(health.header("x-ratelimit-limit"), Some("1000"));
+    assert_eq!(health.header("x-ratelimit-limit"), None);
+}
+
+#[tokio::test]
+async fn a_session_of_ones_own_buys_no_fresh_guesses() {
+    let server = ServerOptions::new()
+        .env("STING_RATE_LIMITS__AUTH__REQUESTS", "5")
+        .start()
+        .await;
+    // Registering is a credential attempt too: four are left.
+    let (attacker, _) = server.register("mallory@example.com").await;
+    let guess = || async {
+        server
+            .client
+            .post(server.url("/api/auth/login"))
+            .bearer_auth(&attacker)
+            .json(&json!({"email": "victim@example.com", "password": "guess"}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    for _ in 0..4 {
+        assert_eq!(guess().await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(guess().await, StatusCode::TOO_MANY_REQUESTS);
+    // Session checks and logout are not credential attempts.
+    for _ in 0..10 {
+        let reply = server.get("/api/auth/session", Some(&attacker)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    let logout = server
+        .call(Method::POST, "/api/auth/logout", Some(&attacker), None)
+        .await;
+    assert_eq!(logout.status, StatusCode::OK, "{}", logout.body);
+}
+
+#[tokio::test]
+async fn guesses_at_one_account_are_limited_from_every_address() {
+    let server = ServerOptions::new()
+        .env("STING_RATE_LIMITS__AUTH_ACCOUNT__REQUESTS", "3")
+        .start()
+        .await;
+    for _ in 0..3 {
+        server
+            .login("Victim@Example.com", "guess")
+            .await
+            .assert_error(StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS");
+    }
+    server
+        .login("victim@example.com ", "guess")
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT_EXCEEDED");
+    server
+        .login("someone.else@example.com", "guess")
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS");
+}
+
+#[tokio::test]
+async fn credentials_sent_as_a_form_or_text_are_refused() {
+    let server = TestServer::start().await;
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        for path in ["/api/auth/login", "/api/auth/register"] {
+            let mut request = server
+                .client
+                .post(server.url(path))
+                .body(r#"{"email":"a@example.com","password":"correct horse battery"}"#);
+            if let Some(content_type) = content_type {
+                request = request.header("content-type", content_type);
+            }
+            let reply = crate::harness::Reply::from(request.send().await.unwrap()).await;
+            reply.assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE");
+        }
+    }
 }

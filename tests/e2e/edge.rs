@@ -119,7 +119,7 @@ async fn every_response_has_a_request_id_and_rate_headers() {
     let server = TestServer::start().await;
     let mut ids = std::collections::HashSet::new();
     for _ in 0..3 {
-        let reply = server.get("/api/system/health", None).await;
+        let reply = server.get("/api/auth/session", None).await;
         ids.insert(reply.header("x-request-id").unwrap().to_owned());
         for header in [
             "x-ratelimit-limit",
@@ -166,4 +166,50 @@ async fn cli_help_explains_itself() {
     for needle in ["--data-dir", "--port", "--no-tls", "STING_CONFIG", "5050"] {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
     }
+}
+
+#[tokio::test]
+async fn health_probes_are_never_limited() {
+    let server = ServerOptions::new()
+        .env("STING_RATE_LIMITS__GENERAL__REQUESTS", "2")
+        .start()
+        .await;
+    for path in ["/api/system/health", "/api/system/health/", "/metrics"] {
+        for _ in 0..5 {
+            let reply = server.get(path, None).await;
+            assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.body);
+            assert_eq!(reply.header("x-ratelimit-limit"), None, "{path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn no_spelling_of_a_path_escapes_its_bucket() {
+    let server = ServerOptions::new()
+        .env("STING_RATE_LIMITS__SEARCH__REQUESTS", "2")
+        .env("STING_RATE_LIMITS__CHAT__REQUESTS", "3")
+        .start()
+        .await;
+    let (token, _) = server.register("spelling@example.com").await;
+    for (path, limit) in [
+        ("/api/knowledge/search", "2"),
+        ("/api/knowledge/search/", "2"),
+        ("//api//knowledge//search", "2"),
+        ("/v1/chat/completions/", "3"),
+        ("/api/chat/message/", "3"),
+    ] {
+        let reply = server
+            .post(path, Some(&token), json!({"query": "x", "message": "x"}))
+            .await;
+        assert_eq!(reply.header("x-ratelimit-limit"), Some(limit), "{path}");
+    }
+    // Three searches so far, whatever their spelling: the bucket of 2 is spent.
+    let reply = server
+        .post(
+            "/api/knowledge/search/",
+            Some(&token),
+            json!({"query": "x"}),
+        )
+        .await;
+    reply.assert_error(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT_EXCEEDED");
 }

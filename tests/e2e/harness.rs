@@ -16,6 +16,7 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Model preparation downloads from PyPI: never in tests (fixture models are copied in).
 const TEST_ENV: &[(&str, &str)] = &[
     ("STING_RATE_LIMITS__AUTH__REQUESTS", "1000"),
+    ("STING_RATE_LIMITS__AUTH_ACCOUNT__REQUESTS", "1000"),
     ("STING_MODELS__AUTO_PREPARE", "false"),
     ("STING_MODELS__DEFAULT_CHAT_MODEL", "fixture-chat"),
     ("STING_MODELS__DEFAULT_EMBEDDING_MODEL", "fixture-embed"),
@@ -348,7 +349,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    async fn from(response: reqwest::Response) -> Reply {
+    pub async fn from(response: reqwest::Response) -> Reply {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.unwrap();

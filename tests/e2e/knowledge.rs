@@ -327,6 +327,15 @@ async fn jar_access_follows_visibility_and_sharing() {
     let bob_view = list(bob.clone()).await;
     assert!(bob_view["honey_jars"][0]["owner"]["name"].is_string());
     assert!(bob_view["honey_jars"][0].get("shared_with").is_none());
+    // A reader of a public jar sees its owner's name, not her email; she and admins do.
+    let public_path = format!("/api/knowledge/honey-pots/{public}");
+    let carol_view = server.get(&public_path, Some(&carol)).await.body;
+    assert!(carol_view["owner"]["name"].is_string(), "{carol_view}");
+    assert!(carol_view["owner"].get("email").is_none(), "{carol_view}");
+    for token in [&alice, &admin] {
+        let view = server.get(&public_path, Some(token)).await.body;
+        assert_eq!(view["owner"]["email"], "alice.jars@example.com", "{view}");
+    }
 
     // Reading: (jar, user, readable)
     let matrix = [
@@ -1057,4 +1066,118 @@ async fn honey_jars_travel_as_hjx_archives() {
         .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
     let bobs = server.get("/api/knowledge/honey-pots", Some(&bob)).await;
     assert_eq!(bobs.body["total"], 2, "{}", bobs.body);
+}
+
+#[tokio::test]
+async fn amplifying_uploads_fail_within_budget_and_the_node_stays_up() {
+    if !onnxruntime_available("amplifying_uploads_fail_within_budget_and_the_node_stays_up") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = knowledge_server().start_in(dir.path()).await;
+    let (token, _) = server.register("amplify@example.com").await;
+    let jar = create_jar(&server, &token, json!({"name": "Amplifiers"})).await;
+    let mut failed = Vec::new();
+    for (name, bytes) in samples::amplifying() {
+        let (status, body) = upload(&server, &token, &jar, name, bytes, None).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{name}: {body}");
+        let done = settled(&server, &token, body["id"].as_str().unwrap()).await;
+        assert_eq!(done["status"], "failed", "{name}: {done}");
+        assert!(
+            done["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("exceeds the extraction limits")),
+            "{name}: {done}"
+        );
+        failed.push(done["id"].as_str().unwrap().to_owned());
+    }
+    server.stop();
+
+    // Started again, it resumes nothing of them and serves.
+    let server = knowledge_server().start_in(dir.path()).await;
+    let token = server
+        .login("amplify@example.com", "correct horse battery")
+        .await
+        .body["session_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for id in &failed {
+        let document = settled(&server, &token, id).await;
+        assert_eq!(document["status"], "failed", "{document}");
+    }
+    let (_, body) = upload(
+        &server,
+        &token,
+        &jar,
+        "fine.md",
+        format!("# Fine\n\n{}", english("a file of ordinary shape")).into_bytes(),
+        None,
+    )
+    .await;
+    let fine = settled(&server, &token, body["id"].as_str().unwrap()).await;
+    assert_eq!(fine["status"], "processed", "{fine}");
+    assert_eq!(
+        server.get("/api/system/health", None).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_document_that_keeps_interrupting_its_node_is_failed_not_resumed() {
+    if !onnxruntime_available("a_document_that_keeps_interrupting_its_node_is_failed_not_resumed") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let options = || {
+        knowledge_server()
+            .env("STING_KNOWLEDGE__INGESTION_CONCURRENCY", "1")
+            .env("STING_KNOWLEDGE__EMBED_BATCH", "4")
+            .env("STING_KNOWLEDGE__MAX_PROCESSING_ATTEMPTS", "1")
+            // It is polled closely.
+            .env("STING_RATE_LIMITS__GENERAL__REQUESTS", "100000")
+    };
+    let mut server = options().start_in(dir.path()).await;
+    let (token, _) = server.register("again@example.com").await;
+    let jar = create_jar(&server, &token, json!({"name": "Again"})).await;
+    // Long enough to be caught while its chunks are embedded.
+    let long = (0..20_000)
+        .map(|i| format!("Paragraph {i}: {}\n\n", english("the archive")))
+        .collect::<String>();
+    let (_, body) = upload(&server, &token, &jar, "long.txt", long.into_bytes(), None).await;
+    let id = body["id"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + PROCESSING_TIMEOUT;
+    loop {
+        let document = server
+            .get(&format!("/api/knowledge/documents/{id}"), Some(&token))
+            .await
+            .body;
+        assert_eq!(
+            document["status"], "processing",
+            "finished too soon: {document}"
+        );
+        if document["processing_progress"].as_u64().unwrap_or(0) >= 30 {
+            break; // its one run is under way (and counted)
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{document}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill();
+
+    let server = options().start_in(dir.path()).await;
+    let token = server
+        .login("again@example.com", "correct horse battery")
+        .await
+        .body["session_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let document = settled(&server, &token, &id).await;
+    assert_eq!(document["status"], "failed", "{document}");
+    assert!(
+        document["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not finish in 1 attempt")),
+        "{document}"
+    );
 }

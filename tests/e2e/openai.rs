@@ -158,6 +158,23 @@ async fn errors_are_openai_shaped() {
         .await;
     assert_eq!(bad_role.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(bad_role.body["error"]["type"], "invalid_request_error");
+
+    // Embedding requests are capped before the shared model sees them.
+    for (input, param) in [
+        (json!(vec!["bee"; 257]), "input"),
+        (json!(["bee", "b".repeat(16_385)]), "input[1]"),
+    ] {
+        let refused = server
+            .post("/v1/embeddings", Some(&token), json!({"input": input}))
+            .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            refused.body
+        );
+        assert_eq!(refused.body["error"]["param"], param, "{}", refused.body);
+    }
     assert_eq!(bad_role.body["error"]["param"], "messages[0].role");
 
     let missing = server

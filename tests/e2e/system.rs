@@ -160,3 +160,53 @@ async fn prometheus_text_is_not_behind_login() {
     let content_type = reply.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(content_type.starts_with("application/openmetrics-text"));
 }
+
+#[tokio::test]
+async fn what_the_node_writes_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = ServerOptions::new().tls().start_in(&data).await;
+    let (token, _) = server.register("private@example.com").await;
+    let jar = server
+        .post(
+            "/api/knowledge/honey-pots",
+            Some(&token),
+            json!({"name": "Mine", "settings": {"encryption_enabled": true}}),
+        )
+        .await;
+    assert_eq!(jar.status, StatusCode::CREATED, "{}", jar.body);
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(b"# Notes\n\nPrivate words.".to_vec())
+            .file_name("notes.md"),
+    );
+    let path = format!(
+        "/api/knowledge/honey-pots/{}/documents",
+        jar.body["id"].as_str().unwrap()
+    );
+    assert_eq!(
+        server.multipart(&path, &token, form).await.status,
+        StatusCode::ACCEPTED
+    );
+
+    // Everything under the data dir but what the test harness put there itself.
+    let mut pending = vec![data.clone()];
+    let mut seen = 0;
+    while let Some(path) = pending.pop() {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if path != data && (name == "models" || name == "sting.log") {
+            continue;
+        }
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+        seen += 1;
+        if path.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    for expected in ["sting.db", "tls", "blobs"] {
+        assert!(data.join(expected).exists(), "{expected} was written");
+    }
+    assert!(seen > 5, "{seen}");
+}

@@ -2,13 +2,17 @@
 //! sections in document order, with page / heading attribution and a few metadata.
 //!
 //! Pure functions over the given bytes. Parsers of untrusted files are fenced: a panic becomes
-//! [`ExtractError::Corrupt`], and decompression is bounded so a small file cannot inflate into
-//! gigabytes.
+//! [`ExtractError::Corrupt`], decompression is bounded so a small file cannot inflate into
+//! gigabytes, and every parser writes its text under one [`Budget`] (bytes relative to the
+//! file's size and absolute, and a deadline), so that no file — a JSON key repeated before
+//! each of a hundred thousand values, a CSV header before each row — can take a node's memory
+//! or time.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Cursor, Read};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use quick_xml::events::{BytesRef, BytesStart, Event};
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -119,6 +123,76 @@ pub enum ExtractError {
     Corrupt(String),
     #[error("the document contains no text")]
     Empty,
+    /// The text would pass [`ExtractLimits`]: more than the file's size allows, or too slow.
+    #[error("the document exceeds the extraction limits: {0}")]
+    OverBudget(String),
+}
+
+/// What extracting one file may produce and take (`[knowledge] extract_*` in the config).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExtractLimits {
+    /// Most bytes of text per byte of the file ...
+    pub max_output_ratio: u64,
+    /// ... but at least this many bytes of text for any file ...
+    pub min_output_bytes: u64,
+    /// ... and never more than this many.
+    pub max_output_bytes: u64,
+    /// Longest one extraction may run.
+    pub timeout: Duration,
+}
+
+impl Default for ExtractLimits {
+    /// The defaults of `config/sting.toml`.
+    fn default() -> ExtractLimits {
+        ExtractLimits {
+            max_output_ratio: 16,
+            min_output_bytes: 1 << 20,
+            max_output_bytes: 64 << 20,
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The text one extraction may still write and the time it may still take: every parser
+/// checks it as its text grows ([`Budget::check`]), so it stops at the limit rather than after
+/// the allocation that kills the process.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    max_bytes: u64,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl Budget {
+    /// The budget for a file of `input_len` bytes.
+    pub fn new(limits: &ExtractLimits, input_len: usize) -> Budget {
+        let relative = (input_len as u64)
+            .saturating_mul(limits.max_output_ratio)
+            .max(limits.min_output_bytes);
+        Budget {
+            max_bytes: relative.min(limits.max_output_bytes),
+            deadline: Instant::now() + limits.timeout,
+            timeout: limits.timeout,
+        }
+    }
+
+    /// Refuses text of `written` bytes in all when it is over the budget, or any work past the
+    /// deadline.
+    pub fn check(&self, written: usize) -> Result<(), ExtractError> {
+        if written as u64 > self.max_bytes {
+            return Err(ExtractError::OverBudget(format!(
+                "its text is larger than the {} KiB allowed for a file of its size",
+                self.max_bytes >> 10
+            )));
+        }
+        if Instant::now() >= self.deadline {
+            return Err(ExtractError::OverBudget(format!(
+                "extracting its text took longer than {} s",
+                self.timeout.as_secs()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Detects the kind from the content, not the name: PDF by its `%PDF-` header, DOCX as a ZIP
@@ -235,11 +309,18 @@ fn is_consistent_csv(text: &str) -> bool {
 
 /// Extracts the text of a document of the given kind. Never panics (a parser's panic is
 /// reported as [`ExtractError::Corrupt`]) and refuses absurd inputs, such as a DOCX part that
-/// decompresses beyond 64 MiB or PDF page contents beyond 256 MiB.
-pub fn extract(kind: DocumentKind, bytes: &[u8]) -> Result<Extracted, ExtractError> {
-    let parsed = catch_unwind(AssertUnwindSafe(|| parse(kind, bytes))).map_err(|_| {
-        ExtractError::Corrupt(format!("the {} parser failed on it", kind.as_str()))
-    })??;
+/// decompresses beyond 64 MiB, PDF page contents beyond 256 MiB, or text beyond `limits`
+/// ([`ExtractError::OverBudget`]).
+pub fn extract(
+    kind: DocumentKind,
+    bytes: &[u8],
+    limits: &ExtractLimits,
+) -> Result<Extracted, ExtractError> {
+    let budget = Budget::new(limits, bytes.len());
+    let parsed =
+        catch_unwind(AssertUnwindSafe(|| parse(kind, bytes, &budget))).map_err(|_| {
+            ExtractError::Corrupt(format!("the {} parser failed on it", kind.as_str()))
+        })??;
     let sections: Vec<Section> = parsed
         .sections
         .into_iter()
@@ -284,19 +365,23 @@ impl Parsed {
     }
 }
 
-fn parse(kind: DocumentKind, bytes: &[u8]) -> Result<Parsed, ExtractError> {
+fn parse(kind: DocumentKind, bytes: &[u8], budget: &Budget) -> Result<Parsed, ExtractError> {
     match kind {
-        DocumentKind::Pdf => pdf(bytes),
-        DocumentKind::Docx => docx(bytes),
-        DocumentKind::Markdown => Ok(markdown(utf8(bytes)?)),
-        DocumentKind::Html => Ok(html(utf8(bytes)?)),
-        DocumentKind::Json => json(utf8(bytes)?),
-        DocumentKind::Csv => csv_rows(utf8(bytes)?),
-        DocumentKind::Text => Ok(Parsed::untitled(vec![Section {
-            text: utf8(bytes)?.to_owned(),
-            page: None,
-            heading: None,
-        }])),
+        DocumentKind::Pdf => pdf(bytes, budget),
+        DocumentKind::Docx => docx(bytes, budget),
+        DocumentKind::Markdown => markdown(utf8(bytes)?, budget),
+        DocumentKind::Html => html(utf8(bytes)?, budget),
+        DocumentKind::Json => json(utf8(bytes)?, budget),
+        DocumentKind::Csv => csv_rows(utf8(bytes)?, budget),
+        DocumentKind::Text => {
+            let text = utf8(bytes)?;
+            budget.check(text.len())?;
+            Ok(Parsed::untitled(vec![Section {
+                text: text.to_owned(),
+                page: None,
+                heading: None,
+            }]))
+        }
     }
 }
 
@@ -420,15 +505,23 @@ fn iso_639_1(lang: whatlang::Lang) -> &'static str {
 #[derive(Default)]
 struct SectionWriter {
     done: Vec<Section>,
+    /// Bytes of text in `done`.
+    done_bytes: usize,
     text: String,
     heading: Option<String>,
 }
 
 impl SectionWriter {
+    /// Refuses the text written so far when it is over `budget` (or time is up).
+    fn check(&self, budget: &Budget) -> Result<(), ExtractError> {
+        budget.check(self.done_bytes + self.text.len())
+    }
+
     /// Ends the current section; the heading's text follows.
     fn start_heading(&mut self) {
         let text = std::mem::take(&mut self.text);
         if !text.trim().is_empty() {
+            self.done_bytes += text.len();
             self.done.push(Section {
                 text,
                 page: None,
@@ -490,7 +583,7 @@ impl SectionWriter {
 
 // ---- PDF ----
 
-fn pdf(bytes: &[u8]) -> Result<Parsed, ExtractError> {
+fn pdf(bytes: &[u8], budget: &Budget) -> Result<Parsed, ExtractError> {
     let options = lopdf::LoadOptions {
         max_decompressed_size: Some(MAX_PDF_STREAM_BYTES),
         ..Default::default()
@@ -502,23 +595,29 @@ fn pdf(bytes: &[u8]) -> Result<Parsed, ExtractError> {
         err => ExtractError::Corrupt(err.to_string()),
     })?;
     let pages = doc.get_pages();
-    let mut budget = MAX_PDF_CONTENT_BYTES;
+    let mut content_left = MAX_PDF_CONTENT_BYTES;
+    let mut written = 0;
     let mut sections = Vec::with_capacity(pages.len());
     for (&number, &page_id) in &pages {
         // Pages may share one content stream: bound the total, not just each page.
         let content = doc
-            .get_page_content_with_limit(page_id, budget)
+            .get_page_content_with_limit(page_id, content_left)
             .map_err(|_| {
                 ExtractError::Corrupt(format!(
                     "its page contents decompress beyond {} MiB",
                     MAX_PDF_CONTENT_BYTES >> 20
                 ))
             })?;
-        budget = budget.saturating_sub(content.len());
-        let text = pdf_page_text(&doc, page_id, &content).unwrap_or_else(|err| {
-            tracing::debug!(page = number, %err, "unreadable PDF page");
-            String::new()
-        });
+        content_left = content_left.saturating_sub(content.len());
+        let text = match pdf_page_text(&doc, page_id, &content, budget, written) {
+            Ok(text) => text,
+            Err(PageError::OverBudget(err)) => return Err(err),
+            Err(PageError::Unreadable(err)) => {
+                tracing::debug!(page = number, %err, "unreadable PDF page");
+                String::new()
+            }
+        };
+        written += text.len();
         sections.push(Section {
             text,
             page: Some(number),
@@ -540,14 +639,29 @@ fn pdf_title(doc: &lopdf::Document) -> Option<String> {
     lopdf::decode_text_string(title).ok()
 }
 
+/// Why a page yields no text: the page's own fault (the rest of the document is still read),
+/// or the document's budget is spent.
+enum PageError {
+    Unreadable(lopdf::Error),
+    OverBudget(ExtractError),
+}
+
+impl From<lopdf::Error> for PageError {
+    fn from(err: lopdf::Error) -> PageError {
+        PageError::Unreadable(err)
+    }
+}
+
 /// The text a page's content stream shows, with line breaks where the text moves to a new
 /// line and spaces where it moves along one (lopdf's own `extract_text` runs such pieces
-/// together).
+/// together). `written`: bytes of text the pages before it took from `budget`.
 fn pdf_page_text(
     doc: &lopdf::Document,
     page_id: lopdf::ObjectId,
     content: &[u8],
-) -> lopdf::Result<String> {
+    budget: &Budget,
+    written: usize,
+) -> Result<String, PageError> {
     let encodings: BTreeMap<Vec<u8>, lopdf::Encoding> = doc
         .get_page_fonts(page_id)?
         .into_iter()
@@ -560,6 +674,9 @@ fn pdf_page_text(
     let mut encoding = None;
     let mut line_y = None;
     for op in lopdf::content::Content::decode(content)?.operations {
+        budget
+            .check(written + text.len())
+            .map_err(PageError::OverBudget)?;
         let operands = &op.operands;
         match op.operator.as_str() {
             "Tf" => {
@@ -633,7 +750,7 @@ fn new_line(text: &mut String) {
 
 // ---- DOCX ----
 
-fn docx(bytes: &[u8]) -> Result<Parsed, ExtractError> {
+fn docx(bytes: &[u8], budget: &Budget) -> Result<Parsed, ExtractError> {
     let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
         .map_err(|err| ExtractError::Corrupt(format!("not a readable ZIP archive: {err}")))?;
     let document = read_part(&mut archive, "word/document.xml")?
@@ -646,7 +763,7 @@ fn docx(bytes: &[u8]) -> Result<Parsed, ExtractError> {
         Some(core) => core_title(&core)?,
         None => None,
     };
-    let (sections, first_heading) = docx_body(&document, &styles)?;
+    let (sections, first_heading) = docx_body(&document, &styles, budget)?;
     Ok(Parsed {
         sections,
         pages: None,
@@ -807,6 +924,7 @@ struct Paragraph {
 fn docx_body(
     xml: &str,
     styles: &HashMap<String, u8>,
+    budget: &Budget,
 ) -> Result<(Vec<Section>, Option<String>), ExtractError> {
     let error = xml_error("word/document.xml");
     let mut reader = quick_xml::Reader::from_str(xml);
@@ -817,6 +935,8 @@ fn docx_body(
     let mut in_text = false;
     loop {
         let event = reader.read_event().map_err(&error)?;
+        let open_text: usize = open.iter().map(|paragraph| paragraph.text.len()).sum();
+        budget.check(out.done_bytes + out.text.len() + open_text)?;
         match &event {
             Event::Start(e) | Event::Empty(e) => {
                 let paragraph = open.last_mut();
@@ -889,7 +1009,7 @@ fn docx_body(
 
 // ---- Markdown ----
 
-fn markdown(text: &str) -> Parsed {
+fn markdown(text: &str, budget: &Budget) -> Result<Parsed, ExtractError> {
     use pulldown_cmark::{Event, HeadingLevel, Options, Parser, Tag, TagEnd};
     let options = Options::ENABLE_TABLES
         | Options::ENABLE_FOOTNOTES
@@ -898,6 +1018,7 @@ fn markdown(text: &str) -> Parsed {
     let mut out = SectionWriter::default();
     let mut title = None;
     for event in Parser::new_ext(text, options) {
+        out.check(budget)?;
         match event {
             Event::Start(Tag::Heading { .. }) => out.start_heading(),
             Event::End(TagEnd::Heading(level)) => {
@@ -943,16 +1064,16 @@ fn markdown(text: &str) -> Parsed {
             _ => {}
         }
     }
-    Parsed {
+    Ok(Parsed {
         sections: out.finish(),
         pages: None,
         title,
-    }
+    })
 }
 
 // ---- HTML ----
 
-fn html(text: &str) -> Parsed {
+fn html(text: &str, budget: &Budget) -> Result<Parsed, ExtractError> {
     use ego_tree::iter::Edge;
     use scraper::Node;
     let document = scraper::Html::parse_document(text);
@@ -964,6 +1085,7 @@ fn html(text: &str) -> Parsed {
     let mut heading = None;
     let mut pre = 0usize;
     for edge in document.tree.root().traverse() {
+        out.check(budget)?;
         match edge {
             Edge::Open(node) if skipping.is_none() => match node.value() {
                 Node::Text(text) if pre > 0 => out.text.push_str(text),
@@ -1029,11 +1151,11 @@ fn html(text: &str) -> Parsed {
             Edge::Open(_) => {}
         }
     }
-    Parsed {
+    Ok(Parsed {
         sections: out.finish(),
         pages: None,
         title: title.filter(|t| !t.trim().is_empty()).or(first_h1),
-    }
+    })
 }
 
 /// Elements that end a line of text.
@@ -1072,33 +1194,48 @@ fn is_block_element(name: &str) -> bool {
 
 // ---- JSON ----
 
-fn json(text: &str) -> Result<Parsed, ExtractError> {
+fn json(text: &str, budget: &Budget) -> Result<Parsed, ExtractError> {
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let mut lines = JsonLines::default();
-    JsonWalk {
+    let mut lines = JsonLines {
+        budget,
+        over_budget: None,
+        written: 0,
+        sections: Vec::new(),
+        text: String::new(),
+        heading: None,
+    };
+    let walked = JsonWalk {
         lines: &mut lines,
         path: String::new(),
         top: true,
     }
     .deserialize(&mut deserializer)
-    .and_then(|()| deserializer.end())
-    .map_err(|err| ExtractError::Corrupt(format!("invalid JSON: {err}")))?;
+    .and_then(|()| deserializer.end());
+    if let Some(err) = lines.over_budget.take() {
+        return Err(err);
+    }
+    walked.map_err(|err| ExtractError::Corrupt(format!("invalid JSON: {err}")))?;
     lines.cut();
     Ok(Parsed::untitled(lines.sections))
 }
 
 /// "path: value" lines, one section per top-level key. Written while parsing, so keys keep
 /// their document order.
-#[derive(Default)]
-struct JsonLines {
+struct JsonLines<'b> {
+    budget: &'b Budget,
+    /// Why writing stopped, when the budget did it (the parser's error says only "custom").
+    over_budget: Option<ExtractError>,
+    /// Bytes of text in `sections`.
+    written: usize,
     sections: Vec<Section>,
     text: String,
     heading: Option<String>,
 }
 
-impl JsonLines {
+impl JsonLines<'_> {
     fn cut(&mut self) {
         if !self.text.is_empty() {
+            self.written += self.text.len();
             self.sections.push(Section {
                 text: std::mem::take(&mut self.text),
                 page: None,
@@ -1107,24 +1244,32 @@ impl JsonLines {
         }
     }
 
-    fn line(&mut self, path: &str, value: &str) {
+    /// Writes one line, or stops the walk when it would pass the budget: the path repeats
+    /// before every value, so a long key before a long array is where JSON amplifies.
+    fn line<E: serde::de::Error>(&mut self, path: &str, value: &str) -> Result<(), E> {
+        let line_len = path.len() + 2 + value.len() + 1;
+        if let Err(err) = self.budget.check(self.written + self.text.len() + line_len) {
+            self.over_budget = Some(err);
+            return Err(E::custom("over the extraction budget"));
+        }
         if !path.is_empty() {
             self.text.push_str(path);
             self.text.push_str(": ");
         }
         self.text.push_str(value);
         self.text.push('\n');
+        Ok(())
     }
 }
 
 /// Visits one JSON value at `path`.
-struct JsonWalk<'a> {
-    lines: &'a mut JsonLines,
+struct JsonWalk<'a, 'b> {
+    lines: &'a mut JsonLines<'b>,
     path: String,
     top: bool,
 }
 
-impl<'de> DeserializeSeed<'de> for JsonWalk<'_> {
+impl<'de> DeserializeSeed<'de> for JsonWalk<'_, '_> {
     type Value = ();
 
     fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -1132,42 +1277,36 @@ impl<'de> DeserializeSeed<'de> for JsonWalk<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for JsonWalk<'_> {
+impl<'de> Visitor<'de> for JsonWalk<'_, '_> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
 
-    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
         self.lines
-            .line(&self.path, if v { "true" } else { "false" });
-        Ok(())
+            .line(&self.path, if v { "true" } else { "false" })
     }
 
-    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
-        self.lines.line(&self.path, &v.to_string());
-        Ok(())
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.lines.line(&self.path, &v.to_string())
     }
 
-    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
-        self.lines.line(&self.path, &v.to_string());
-        Ok(())
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.lines.line(&self.path, &v.to_string())
     }
 
-    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
-        self.lines.line(&self.path, &v.to_string());
-        Ok(())
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.lines.line(&self.path, &v.to_string())
     }
 
-    fn visit_str<E>(self, v: &str) -> Result<(), E> {
-        self.lines.line(&self.path, v);
-        Ok(())
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.lines.line(&self.path, v)
     }
 
-    fn visit_unit<E>(self) -> Result<(), E> {
-        self.lines.line(&self.path, "null");
-        Ok(())
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.lines.line(&self.path, "null")
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
@@ -1183,7 +1322,7 @@ impl<'de> Visitor<'de> for JsonWalk<'_> {
             index += 1;
         }
         if index == 0 {
-            self.lines.line(&self.path, "[]");
+            self.lines.line(&self.path, "[]")?;
         }
         Ok(())
     }
@@ -1208,7 +1347,7 @@ impl<'de> Visitor<'de> for JsonWalk<'_> {
             })?;
         }
         if empty {
-            self.lines.line(&self.path, "{}");
+            self.lines.line(&self.path, "{}")?;
         }
         Ok(())
     }
@@ -1216,7 +1355,7 @@ impl<'de> Visitor<'de> for JsonWalk<'_> {
 
 // ---- CSV ----
 
-fn csv_rows(text: &str) -> Result<Parsed, ExtractError> {
+fn csv_rows(text: &str, budget: &Budget) -> Result<Parsed, ExtractError> {
     let corrupt = |err: csv::Error| ExtractError::Corrupt(format!("invalid CSV: {err}"));
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
@@ -1234,7 +1373,10 @@ fn csv_rows(text: &str) -> Result<Parsed, ExtractError> {
     let mut sections = Vec::new();
     let mut text = String::new();
     let mut first_row = 1;
+    let mut written = 0;
     for (i, record) in reader.records().enumerate() {
+        // Each row repeats the header: a wide header over many short rows amplifies.
+        budget.check(written + text.len())?;
         let record = record.map_err(corrupt)?;
         let fields: Vec<String> = record
             .iter()
@@ -1247,6 +1389,7 @@ fn csv_rows(text: &str) -> Result<Parsed, ExtractError> {
         text.push('\n');
         let row = i + 1;
         if row % CSV_ROWS_PER_SECTION == 0 {
+            written += text.len();
             sections.push(rows_section(std::mem::take(&mut text), first_row, row));
             first_row = row + 1;
         }
@@ -1285,6 +1428,10 @@ mod tests {
             zip.write_all(bytes).unwrap();
         }
         zip.finish().unwrap().into_inner()
+    }
+
+    fn extract_with_defaults(kind: DocumentKind, bytes: &[u8]) -> Result<Extracted, ExtractError> {
+        extract(kind, bytes, &ExtractLimits::default())
     }
 
     fn words(extracted: &Extracted) -> u64 {
@@ -1357,7 +1504,7 @@ mod tests {
             "Gamma page (with parentheses) talks about cherries.\nA second line.",
         ];
         let bytes = samples::pdf(&pages);
-        let extracted = extract(DocumentKind::Pdf, &bytes).unwrap();
+        let extracted = extract_with_defaults(DocumentKind::Pdf, &bytes).unwrap();
         assert_eq!(extracted.pages, Some(3));
         assert_eq!(extracted.sections.len(), 3);
         for (i, section) in extracted.sections.iter().enumerate() {
@@ -1389,7 +1536,7 @@ mod tests {
         doc.trailer.set("Info", info);
         let mut bytes = Vec::new();
         doc.save_to(&mut bytes).unwrap();
-        let extracted = extract(DocumentKind::Pdf, &bytes).unwrap();
+        let extracted = extract_with_defaults(DocumentKind::Pdf, &bytes).unwrap();
         assert_eq!(extracted.title.as_deref(), Some("Annual Report – 2024"));
     }
 
@@ -1397,17 +1544,20 @@ mod tests {
     fn broken_pdfs_are_corrupt_not_panics() {
         let garbage = b"%PDF-1.4\n\x00\x01garbage (( << /Type /Catalog >> endobj %%EOF trailer";
         assert!(matches!(
-            extract(DocumentKind::Pdf, garbage),
+            extract_with_defaults(DocumentKind::Pdf, garbage),
             Err(ExtractError::Corrupt(_))
         ));
         let bytes = samples::pdf(&["Some text on a page.", "And another page."]);
         for cut in (0..bytes.len()).step_by(97) {
             // Either an error or (lopdf repairs some cuts) text; never a panic.
-            let _ = extract(DocumentKind::Pdf, &bytes[..cut]);
+            let _ = extract_with_defaults(DocumentKind::Pdf, &bytes[..cut]);
         }
         // A PDF without text: nothing to ingest.
         let blank = samples::pdf(&[""]);
-        assert_eq!(extract(DocumentKind::Pdf, &blank), Err(ExtractError::Empty));
+        assert_eq!(
+            extract_with_defaults(DocumentKind::Pdf, &blank),
+            Err(ExtractError::Empty)
+        );
     }
 
     #[test]
@@ -1438,7 +1588,7 @@ mod tests {
         let mut bytes = Vec::new();
         doc.save_to(&mut bytes).unwrap();
         assert!(bytes.len() < 1 << 20);
-        let err = extract(DocumentKind::Pdf, &bytes).unwrap_err();
+        let err = extract_with_defaults(DocumentKind::Pdf, &bytes).unwrap_err();
         assert!(err.to_string().contains("256 MiB"), "{err}");
     }
 
@@ -1452,7 +1602,7 @@ mod tests {
                 (Some("Results"), "Sales & costs <rose>."),
             ],
         );
-        let extracted = extract(DocumentKind::Docx, &bytes).unwrap();
+        let extracted = extract_with_defaults(DocumentKind::Docx, &bytes).unwrap();
         assert_eq!(extracted.title.as_deref(), Some("Quarterly Report"));
         assert_eq!(extracted.pages, None);
         let sections: Vec<(Option<&str>, &str)> = extracted
@@ -1475,7 +1625,7 @@ mod tests {
 
         // Without a metadata title, the first top-level heading is the title.
         let untitled = samples::docx("", &[(Some("Overview"), ENGLISH)]);
-        let extracted = extract(DocumentKind::Docx, &untitled).unwrap();
+        let extracted = extract_with_defaults(DocumentKind::Docx, &untitled).unwrap();
         assert_eq!(extracted.title.as_deref(), Some("Overview"));
         assert_eq!(extracted.language.as_deref(), Some("en"));
     }
@@ -1492,7 +1642,7 @@ mod tests {
 <w:p><w:r><w:delText>deleted</w:delText><w:instrText>PAGE</w:instrText></w:r></w:p>
 </w:body></w:document>"#;
         let bytes = zip_of(&[("word/document.xml", document)]);
-        let extracted = extract(DocumentKind::Docx, &bytes).unwrap();
+        let extracted = extract_with_defaults(DocumentKind::Docx, &bytes).unwrap();
         assert_eq!(extracted.title.as_deref(), Some("The Title"));
         let texts: Vec<&str> = extracted.sections.iter().map(|s| s.text.as_str()).collect();
         assert_eq!(texts, ["The Title\n\na\tb\nc é", "Sub\n\nboxed\n\nouter"]);
@@ -1505,21 +1655,21 @@ mod tests {
         for cut in [bytes.len() / 3, bytes.len() / 2, bytes.len() - 10] {
             assert!(
                 matches!(
-                    extract(DocumentKind::Docx, &bytes[..cut]),
+                    extract_with_defaults(DocumentKind::Docx, &bytes[..cut]),
                     Err(ExtractError::Corrupt(_))
                 ),
                 "cut at {cut}"
             );
         }
         assert!(matches!(
-            extract(
+            extract_with_defaults(
                 DocumentKind::Docx,
                 &zip_of(&[("word/document.xml", b"<w:document><w:p>")])
             ),
             Err(ExtractError::Corrupt(_))
         ));
         assert!(matches!(
-            extract(DocumentKind::Docx, &zip_of(&[("other.xml", b"<a/>")])),
+            extract_with_defaults(DocumentKind::Docx, &zip_of(&[("other.xml", b"<a/>")])),
             Err(ExtractError::Corrupt(_))
         ));
         // 65 MiB of spaces deflate to a few tens of KiB.
@@ -1527,7 +1677,7 @@ mod tests {
         xml.resize(65 << 20, b' ');
         let bomb = zip_of(&[("word/document.xml", &xml)]);
         assert!(bomb.len() < 1 << 20);
-        let err = extract(DocumentKind::Docx, &bomb).unwrap_err();
+        let err = extract_with_defaults(DocumentKind::Docx, &bomb).unwrap_err();
         assert!(err.to_string().contains("64 MiB"), "{err}");
     }
 
@@ -1539,7 +1689,7 @@ mod tests {
 <h1>Main <em>Heading</em></h1><p>Under main.</p><ul><li>one</li><li>two</li></ul>
 <h2>Detail</h2><div>Deep<br>er</div><noscript>no</noscript><pre>  keep
   spacing</pre><table><tr><td>a</td><td>b</td></tr></table></body></html>"#;
-        let extracted = extract(DocumentKind::Html, page.as_bytes()).unwrap();
+        let extracted = extract_with_defaults(DocumentKind::Html, page.as_bytes()).unwrap();
         assert_eq!(extracted.title.as_deref(), Some("The Page"));
         let sections: Vec<(Option<&str>, &str)> = extracted
             .sections
@@ -1564,10 +1714,11 @@ mod tests {
         assert!(!all.contains("hidden") && !all.contains("color") && !all.contains("no\n"));
 
         let untitled =
-            extract(DocumentKind::Html, b"<h2>Minor</h2><h1>Major</h1><p>x</p>").unwrap();
+            extract_with_defaults(DocumentKind::Html, b"<h2>Minor</h2><h1>Major</h1><p>x</p>")
+                .unwrap();
         assert_eq!(untitled.title.as_deref(), Some("Major"));
         assert_eq!(
-            extract(DocumentKind::Html, b"<html><script>only()</script></html>"),
+            extract_with_defaults(DocumentKind::Html, b"<html><script>only()</script></html>"),
             Err(ExtractError::Empty)
         );
     }
@@ -1578,7 +1729,7 @@ mod tests {
             # Guide\n\nSome `code` here.\nSoft wrapped.\n\n\
             ## Install\n\n```sh\ncargo build\n```\n\n- [x] done\n- item\n\n\
             | a | b |\n|---|---|\n| 1 | 2 |\n\n<div>raw html</div>\n";
-        let extracted = extract(DocumentKind::Markdown, text.as_bytes()).unwrap();
+        let extracted = extract_with_defaults(DocumentKind::Markdown, text.as_bytes()).unwrap();
         assert_eq!(extracted.title.as_deref(), Some("Guide"));
         let sections: Vec<(Option<&str>, &str)> = extracted
             .sections
@@ -1602,7 +1753,7 @@ mod tests {
     fn json_becomes_path_value_lines_in_document_order() {
         let text = r#"{"name": "Ada", "age": 36, "tags": ["math", {"k": null}],
             "address": {"city": "London", "zip": ""}, "empty": {}, "none": [], "ok": true}"#;
-        let extracted = extract(DocumentKind::Json, text.as_bytes()).unwrap();
+        let extracted = extract_with_defaults(DocumentKind::Json, text.as_bytes()).unwrap();
         let sections: Vec<(Option<&str>, &str)> = extracted
             .sections
             .iter()
@@ -1620,10 +1771,10 @@ mod tests {
                 (Some("ok"), "ok: true"),
             ]
         );
-        let array = extract(DocumentKind::Json, br#"[1.5, "two"]"#).unwrap();
+        let array = extract_with_defaults(DocumentKind::Json, br#"[1.5, "two"]"#).unwrap();
         assert_eq!(array.sections[0].text, "[0]: 1.5\n[1]: two");
         assert!(matches!(
-            extract(DocumentKind::Json, b"{\"a\": "),
+            extract_with_defaults(DocumentKind::Json, b"{\"a\": "),
             Err(ExtractError::Corrupt(_))
         ));
     }
@@ -1635,7 +1786,7 @@ mod tests {
             text.push_str(&format!("person {i},\"Town, {i}\",x\n"));
         }
         text.push_str("last,,\n");
-        let extracted = extract(DocumentKind::Csv, text.as_bytes()).unwrap();
+        let extracted = extract_with_defaults(DocumentKind::Csv, text.as_bytes()).unwrap();
         let headings: Vec<&str> = extracted
             .sections
             .iter()
@@ -1652,7 +1803,7 @@ mod tests {
 
     #[test]
     fn text_is_tidied_and_empty_text_refused() {
-        let extracted = extract(
+        let extracted = extract_with_defaults(
             DocumentKind::Text,
             b"\xEF\xBB\xBF  Line one  \r\n\r\n\r\n\nLine two\n",
         )
@@ -1661,13 +1812,83 @@ mod tests {
         assert_eq!(extracted.word_count, 4);
         assert_eq!(extracted.language, None, "too short to tell");
         assert_eq!(
-            extract(DocumentKind::Text, b" \n\t "),
+            extract_with_defaults(DocumentKind::Text, b" \n\t "),
             Err(ExtractError::Empty)
         );
         assert!(matches!(
-            extract(DocumentKind::Markdown, b"\xff\xfe"),
+            extract_with_defaults(DocumentKind::Markdown, b"\xff\xfe"),
             Err(ExtractError::Unsupported(_))
         ));
+    }
+
+    #[test]
+    fn amplifying_files_are_refused_within_their_budget() {
+        for (name, bytes) in samples::amplifying() {
+            let kind = detect(&bytes, name).unwrap();
+            let started = Instant::now();
+            let err = extract_with_defaults(kind, &bytes).unwrap_err();
+            assert!(matches!(err, ExtractError::OverBudget(_)), "{name}: {err}");
+            assert!(err.to_string().contains("KiB allowed"), "{name}: {err}");
+            // Refused as the text grows, not after it was all written.
+            assert!(started.elapsed() < Duration::from_secs(60), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_budget_is_relative_to_the_file_and_capped() {
+        let limits = ExtractLimits {
+            max_output_ratio: 2,
+            min_output_bytes: 100,
+            max_output_bytes: 1_000,
+            timeout: Duration::from_secs(60),
+        };
+        // A small file gets the floor, a larger one twice its size, a large one the cap.
+        assert!(Budget::new(&limits, 10).check(100).is_ok());
+        assert!(Budget::new(&limits, 10).check(101).is_err());
+        assert!(Budget::new(&limits, 300).check(600).is_ok());
+        assert!(Budget::new(&limits, 300).check(601).is_err());
+        assert!(Budget::new(&limits, 10_000).check(1_000).is_ok());
+        assert!(Budget::new(&limits, 10_000).check(1_001).is_err());
+        // A JSON document whose paths make its text three times its size.
+        let json = br#"{"a_rather_long_key": {"nested_key": [1, 2, 3, 4, 5, 6, 7, 8]}}"#;
+        let tight = ExtractLimits {
+            min_output_bytes: 0,
+            ..limits
+        };
+        assert!(matches!(
+            extract(DocumentKind::Json, json, &tight),
+            Err(ExtractError::OverBudget(_))
+        ));
+        let roomy = ExtractLimits {
+            max_output_ratio: 8,
+            ..tight
+        };
+        assert!(extract(DocumentKind::Json, json, &roomy).is_ok());
+    }
+
+    #[test]
+    fn every_kind_stops_at_its_deadline() {
+        let no_time = ExtractLimits {
+            timeout: Duration::ZERO,
+            ..ExtractLimits::default()
+        };
+        let inputs: [(DocumentKind, Vec<u8>); 7] = [
+            (DocumentKind::Pdf, samples::pdf(&[ENGLISH])),
+            (DocumentKind::Docx, samples::docx("T", &[(None, ENGLISH)])),
+            (
+                DocumentKind::Markdown,
+                format!("# T\n\n{ENGLISH}").into_bytes(),
+            ),
+            (DocumentKind::Html, format!("<p>{ENGLISH}</p>").into_bytes()),
+            (DocumentKind::Text, ENGLISH.as_bytes().to_vec()),
+            (DocumentKind::Json, br#"{"a": "b"}"#.to_vec()),
+            (DocumentKind::Csv, b"a,b\n1,2\n".to_vec()),
+        ];
+        for (kind, bytes) in inputs {
+            assert!(extract_with_defaults(kind, &bytes).is_ok(), "{kind:?}");
+            let err = extract(kind, &bytes, &no_time).unwrap_err();
+            assert!(err.to_string().contains("took longer"), "{kind:?}: {err}");
+        }
     }
 
     #[test]
@@ -1689,7 +1910,7 @@ mod tests {
         );
         for input in &inputs {
             for kind in DocumentKind::ALL {
-                let _ = extract(kind, input);
+                let _ = extract_with_defaults(kind, input);
             }
         }
     }

@@ -4,10 +4,12 @@
 //! (the embedding model's worker, batched) → store chunks and embeddings with the document's
 //! final record in one step. Progress is written to the document as it goes.
 //!
-//! Nothing stays `processing` forever: a failure (unsupported or corrupt file, missing model,
-//! a crashed actor) marks the document `failed` with the reason, and at start the node re-runs
-//! every document a crash left `processing` (a re-run replaces whatever chunks a previous run
-//! stored).
+//! Nothing stays `processing` forever: a failure (unsupported or corrupt file, text beyond the
+//! extraction budget, missing model, a crashed actor) marks the document `failed` with the
+//! reason, and at start the node re-runs every document a crash left `processing` (a re-run
+//! replaces whatever chunks a previous run stored). Each run is counted in the store before it
+//! starts, so a document that keeps taking its node down is failed after
+//! `max_attempts` runs instead of being resumed forever, on this node or any other.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use sting_store::{Chunk, Document, DocumentId, DocumentStatus, Store, StoreError
 
 use super::blobs::{BlobError, BlobStore, MasterKey};
 use super::chunk::{chunk, ChunkingConfig};
-use super::extract::{extract, DocumentKind};
+use super::extract::{extract, DocumentKind, ExtractLimits};
 use crate::jar_shard::ShardRegistry;
 use crate::model::pool::ModelPoolHandle;
 use crate::model::tokens::TokenCounters;
@@ -41,6 +43,11 @@ pub struct IngestionConfig {
     pub queue_depth: usize,
     /// Chunks per embedding call.
     pub embed_batch: usize,
+    /// What extracting one document's text may produce and take.
+    pub extract_limits: ExtractLimits,
+    /// Runs a document gets: one that was started this often without finishing (its node
+    /// crashed or restarted each time) is failed rather than run again.
+    pub max_attempts: u32,
 }
 
 /// Failures of admission.
@@ -330,6 +337,18 @@ async fn process(context: &Context, id: DocumentId) {
 
 async fn run(context: &Context, mut document: Document, started: Instant) -> Result<(), Failure> {
     let store = context.store.as_ref();
+    let config = &context.config;
+    if document.processing_attempts >= config.max_attempts {
+        return Err(Failure::Failed(format!(
+            "processing did not finish in {} attempt(s) (the node stopped each time); the file \
+             may be too demanding to process",
+            document.processing_attempts
+        )));
+    }
+    // Counted before anything that could take the node down.
+    document.processing_attempts += 1;
+    document.updated_at = Timestamp::now();
+    store.update_document(&document).await?;
     let jar = store.jar(document.jar_id).await?.ok_or(Failure::Gone)?;
     let key = match &jar.wrapped_key {
         Some(wrapped) => Some(context.master_key.unwrap_key(wrapped)?),
@@ -338,13 +357,13 @@ async fn run(context: &Context, mut document: Document, started: Instant) -> Res
     let bytes = context.blobs.get(jar.id, document.id, key.as_ref()).await?;
     let kind = DocumentKind::parse(&document.kind)
         .ok_or_else(|| Failure::Failed(format!("unknown document kind {}", document.kind)))?;
-    let extracted = tokio::task::spawn_blocking(move || extract(kind, &bytes))
+    let limits = config.extract_limits;
+    let extracted = tokio::task::spawn_blocking(move || extract(kind, &bytes, &limits))
         .await
         .map_err(|_| Failure::Failed("text extraction crashed".into()))?
         .map_err(|err| Failure::Failed(err.to_string()))?;
     progress(store, &mut document, 30).await?;
 
-    let config = &context.config;
     let model = context.pool.info(&config.embedding_model).await?;
     let counter = context
         .counters

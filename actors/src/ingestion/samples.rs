@@ -4,7 +4,7 @@
 use std::io::{Cursor, Write};
 
 use lopdf::content::{Content, Operation};
-use lopdf::{dictionary, Document, Object, Stream};
+use lopdf::{dictionary, Document, Object, ObjectId, Stream};
 
 /// Characters per line of sample PDF text (lines are wrapped at spaces).
 const PDF_LINE_CHARS: usize = 90;
@@ -14,17 +14,8 @@ const PDF_LINE_CHARS: usize = 90;
 pub fn pdf(pages: &[&str]) -> Vec<u8> {
     let mut doc = Document::with_version("1.5");
     let pages_id = doc.new_object_id();
-    let font_id = doc.add_object(dictionary! {
-        "Type" => "Font",
-        "Subtype" => "Type1",
-        "BaseFont" => "Helvetica",
-        "Encoding" => "WinAnsiEncoding",
-    });
-    let resources_id = doc.add_object(dictionary! {
-        "Font" => dictionary! { "F1" => font_id },
-    });
     let encoding = lopdf::Encoding::SimpleEncoding(b"WinAnsiEncoding");
-    let mut kids = Vec::new();
+    let mut contents = Vec::new();
     for text in pages {
         let mut operations = vec![
             Operation::new("BT", vec![]),
@@ -43,22 +34,40 @@ pub fn pdf(pages: &[&str]) -> Vec<u8> {
             .encode()
             .expect("sample content encodes");
         let content_id = doc.add_object(Stream::new(dictionary! {}, content));
-        kids.push(
+        contents.push(content_id);
+    }
+    finish_pdf(doc, pages_id, &contents)
+}
+
+/// Saves `doc` with one page per content stream in `contents` (under `pages_id`, all in
+/// Helvetica as `F1`).
+fn finish_pdf(mut doc: Document, pages_id: ObjectId, contents: &[ObjectId]) -> Vec<u8> {
+    let font_id = doc.add_object(dictionary! {
+        "Type" => "Font",
+        "Subtype" => "Type1",
+        "BaseFont" => "Helvetica",
+        "Encoding" => "WinAnsiEncoding",
+    });
+    let resources_id = doc.add_object(dictionary! {
+        "Font" => dictionary! { "F1" => font_id },
+    });
+    let kids: Vec<Object> = contents
+        .iter()
+        .map(|&content_id| {
             doc.add_object(dictionary! {
                 "Type" => "Page",
                 "Parent" => pages_id,
                 "Contents" => content_id,
             })
-            .into(),
-        );
-    }
-    let count = kids.len() as i64;
+            .into()
+        })
+        .collect();
     doc.objects.insert(
         pages_id,
         Object::Dictionary(dictionary! {
             "Type" => "Pages",
+            "Count" => kids.len() as i64,
             "Kids" => kids,
-            "Count" => count,
             "Resources" => resources_id,
             "MediaBox" => vec![0.into(), 0.into(), 595.into(), 842.into()],
         }),
@@ -72,6 +81,61 @@ pub fn pdf(pages: &[&str]) -> Vec<u8> {
     let mut bytes = Vec::new();
     doc.save_to(&mut bytes).expect("sample PDF writes");
     bytes
+}
+
+/// Small files whose text would be many times their size, with the names to upload them
+/// under: the shapes that once took a node down. Extraction must refuse each within its budget.
+pub fn amplifying() -> Vec<(&'static str, Vec<u8>)> {
+    // JSON: one 200,000-character key before an array of 100,000 numbers (the path repeats
+    // before every value: ~20 GB of text from ~800 KB).
+    let numbers: Vec<String> = (0..100_000).map(|n| n.to_string()).collect();
+    let json = format!("{{\"{}\": [{}]}}", "k".repeat(200_000), numbers.join(","));
+    // CSV: 50 columns with 2,000-character names over 20,000 short rows (the header repeats
+    // on every row: ~2 GB from ~2 MB).
+    let header: Vec<String> = (0..50)
+        .map(|i| format!("{i}{}", "h".repeat(2_000)))
+        .collect();
+    let mut csv = header.join(",");
+    for _ in 0..20_000 {
+        csv.push('\n');
+        csv.push_str(&["1"; 50].join(","));
+    }
+    // DOCX: one paragraph of 48 MiB of repeated text, deflated to well under a megabyte.
+    let docx = docx(
+        "bomb",
+        &[(None, &"all work and no play ".repeat(48 << 20 >> 5))],
+    );
+    vec![
+        ("keys.json", json.into_bytes()),
+        ("wide.csv", csv.into_bytes()),
+        ("bomb.docx", docx),
+        ("pages.pdf", pdf_sharing_one_page_stream(5_000)),
+    ]
+}
+
+/// A PDF of `pages` pages that all show one content stream of 40 KB of text.
+fn pdf_sharing_one_page_stream(pages: usize) -> Vec<u8> {
+    let mut doc = Document::with_version("1.5");
+    let pages_id = doc.new_object_id();
+    let mut operations = vec![
+        Operation::new("BT", vec![]),
+        Operation::new("Tf", vec!["F1".into(), 11.into()]),
+    ];
+    for _ in 0..500 {
+        operations.push(Operation::new("Td", vec![0.into(), (-14).into()]));
+        operations.push(Operation::new(
+            "Tj",
+            vec![Object::string_literal(
+                "the same line on every page ".repeat(3),
+            )],
+        ));
+    }
+    operations.push(Operation::new("ET", vec![]));
+    let content = Content { operations }
+        .encode()
+        .expect("sample content encodes");
+    let content_id = doc.add_object(Stream::new(dictionary! {}, content));
+    finish_pdf(doc, pages_id, &vec![content_id; pages])
 }
 
 /// The lines of `text`, long ones wrapped at spaces.

@@ -81,6 +81,7 @@ pub(super) const MIGRATION: Migration = Migration {
             chunk_count bigint,
             embedding_count bigint,
             processing_ms bigint,
+            processing_attempts int,
             pages bigint,
             word_count bigint,
             language text,
@@ -135,8 +136,8 @@ const JAR_COLUMNS: &str = "id, owner_id, name, description, visibility, tags, al
 
 const DOCUMENT_COLUMNS: &str = "id, jar_id, uploader_id, uploaded_at, filename, title,
     description, tags, size, mime_type, kind, sha256, status, progress, error, chunk_count,
-    embedding_count, processing_ms, pages, word_count, language, updated_at, stored_chunks,
-    written_at, deleted";
+    embedding_count, processing_ms, processing_attempts, pages, word_count, language, updated_at,
+    stored_chunks, written_at, deleted";
 
 const CHUNK_COLUMNS: &str = "document_id, seq, jar_id, text, page, section, token_count, embedding";
 
@@ -197,6 +198,7 @@ pub(super) struct DocumentRow {
     pub chunk_count: i64,
     pub embedding_count: i64,
     pub processing_ms: Option<i64>,
+    pub processing_attempts: i32,
     pub pages: Option<i64>,
     pub word_count: i64,
     pub language: Option<String>,
@@ -225,6 +227,7 @@ struct DocumentUpdate<'a> {
     chunk_count: i64,
     embedding_count: i64,
     processing_ms: Option<i64>,
+    processing_attempts: i32,
     pages: Option<i64>,
     word_count: i64,
     language: Option<&'a str>,
@@ -431,7 +434,8 @@ impl Statements {
                  mime_type = :mime_type, kind = :kind, sha256 = :sha256, status = :status,
                  progress = :progress, error = :error, chunk_count = :chunk_count,
                  embedding_count = :embedding_count, processing_ms = :processing_ms,
-                 pages = :pages, word_count = :word_count, language = :language,
+                 processing_attempts = :processing_attempts, pages = :pages,
+                 word_count = :word_count, language = :language,
                  updated_at = :updated_at, stored_chunks = :stored_chunks,
                  written_at = :written_at
                  WHERE id = :id IF written_at = :expected_written_at",
@@ -716,6 +720,7 @@ fn document_row(document: &Document, stored_chunks: i64, written_at: i64) -> Doc
         chunk_count: document.chunk_count as i64,
         embedding_count: document.embedding_count as i64,
         processing_ms: document.processing_ms.map(|ms| ms as i64),
+        processing_attempts: attempts_column(document.processing_attempts),
         pages: document.pages.map(i64::from),
         word_count: document.word_count as i64,
         language: document.language.clone(),
@@ -724,6 +729,11 @@ fn document_row(document: &Document, stored_chunks: i64, written_at: i64) -> Doc
         written_at,
         deleted: false,
     }
+}
+
+/// Attempts as the `int` column holds them (saturating: past `i32::MAX` nothing changes).
+fn attempts_column(attempts: u32) -> i32 {
+    i32::try_from(attempts).unwrap_or(i32::MAX)
 }
 
 fn document_from_row(row: DocumentRow) -> StoreResult<Document> {
@@ -752,6 +762,10 @@ fn document_from_row(row: DocumentRow) -> StoreResult<Document> {
             .processing_ms
             .map(|ms| count("document processing_ms", ms))
             .transpose()?,
+        processing_attempts: narrow(
+            "document processing_attempts",
+            row.processing_attempts.into(),
+        )?,
         pages: row
             .pages
             .map(|pages| narrow("document pages", pages))
@@ -1061,6 +1075,7 @@ impl ScyllaStore {
                 chunk_count: document.chunk_count as i64,
                 embedding_count: document.embedding_count as i64,
                 processing_ms: document.processing_ms.map(|ms| ms as i64),
+                processing_attempts: attempts_column(document.processing_attempts),
                 pages: document.pages.map(i64::from),
                 word_count: document.word_count as i64,
                 language: document.language.as_deref(),
@@ -2084,6 +2099,7 @@ mod tests {
             chunk_count: 4,
             embedding_count: 4,
             processing_ms: Some(1_234),
+            processing_attempts: 2,
             pages: Some(3),
             word_count: 900,
             language: Some("en".into()),
@@ -2109,6 +2125,7 @@ mod tests {
             ("chunk_count", ColumnType::Native(BigInt)),
             ("embedding_count", ColumnType::Native(BigInt)),
             ("processing_ms", ColumnType::Native(BigInt)),
+            ("processing_attempts", ColumnType::Native(Int)),
             ("pages", ColumnType::Native(BigInt)),
             ("word_count", ColumnType::Native(BigInt)),
             ("language", ColumnType::Native(Text)),

@@ -378,7 +378,7 @@ pub(super) fn readable_jars(conn: &Connection, reader: UserId) -> rusqlite::Resu
 
 const DOCUMENT_COLUMNS: &str = "id, jar_id, uploader_id, uploaded_at, filename, title,
     description, size, mime_type, kind, sha256, status, progress, error, chunk_count,
-    embedding_count, processing_ms, pages, word_count, language, updated_at";
+    embedding_count, processing_ms, pages, word_count, language, updated_at, processing_attempts";
 
 /// A document's row, without its tags (see [`with_tags`]).
 fn document_from_row(row: &Row<'_>) -> rusqlite::Result<Document> {
@@ -407,6 +407,7 @@ fn document_from_row(row: &Row<'_>) -> rusqlite::Result<Document> {
         word_count: row.get::<_, i64>(18)? as u64,
         language: row.get(19)?,
         updated_at: Timestamp(row.get(20)?),
+        processing_attempts: row.get(21)?,
     })
 }
 
@@ -453,6 +454,7 @@ fn write_document(tx: &Connection, d: &Document, create: bool) -> StoreResult<()
         d.word_count as i64,
         d.language,
         d.updated_at.0,
+        d.processing_attempts,
     ];
     if create {
         let inserted = tx
@@ -460,7 +462,7 @@ fn write_document(tx: &Connection, d: &Document, create: bool) -> StoreResult<()
                 &format!(
                     "INSERT INTO documents ({DOCUMENT_COLUMNS})
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                             ?16, ?17, ?18, ?19, ?20, ?21)
+                             ?16, ?17, ?18, ?19, ?20, ?21, ?22)
                      ON CONFLICT DO NOTHING"
                 ),
                 values,
@@ -477,7 +479,8 @@ fn write_document(tx: &Connection, d: &Document, create: bool) -> StoreResult<()
                 "UPDATE documents SET filename = ?5, title = ?6, description = ?7, size = ?8,
                  mime_type = ?9, kind = ?10, sha256 = ?11, status = ?12, progress = ?13,
                  error = ?14, chunk_count = ?15, embedding_count = ?16, processing_ms = ?17,
-                 pages = ?18, word_count = ?19, language = ?20, updated_at = ?21
+                 pages = ?18, word_count = ?19, language = ?20, updated_at = ?21,
+                 processing_attempts = ?22
                  WHERE id = ?1",
                 values,
             )

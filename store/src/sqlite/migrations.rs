@@ -210,6 +210,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
     );
     CREATE INDEX webauthn_ceremonies_by_expiry ON webauthn_ceremonies(expires_at);",
+    // 6: how many times processing of a document was started.
+    "ALTER TABLE documents ADD COLUMN processing_attempts INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Applies every migration newer than the file's `user_version`, each in its own transaction.
