@@ -23,8 +23,8 @@ use uuid::Uuid;
 
 use super::schema::Migration;
 use super::{
-    applied, contended, corrupt, logged_batch, maybe_row, page_of, prepare, prepare_serial_read,
-    read_paged, rows, unavailable, ScyllaStore,
+    applied, batch_runs, contended, corrupt, logged_batch, maybe_row, page_of, prepare,
+    prepare_serial_read, read_paged, rows, unavailable, ScyllaStore, BATCHES_IN_FLIGHT,
 };
 use crate::{
     check_chunks, embedding_from_bytes, embedding_to_bytes, Chunk, Document, DocumentId,
@@ -864,7 +864,9 @@ impl ScyllaStore {
         }
     }
 
-    /// Adds or removes index entries of jar `id`, written at `timestamp`.
+    /// Adds or removes index entries of jar `id`, written at `timestamp`: in logged batches
+    /// within [`BATCH_BYTES`](super::BATCH_BYTES) (a jar shared with thousands of readers
+    /// takes several), each entry idempotent on its own.
     async fn change_jar_entries<'a>(
         &self,
         change: Change,
@@ -872,32 +874,36 @@ impl ScyllaStore {
         entries: impl Iterator<Item = &'a String>,
         timestamp: i64,
     ) -> StoreResult<()> {
-        let entries: Vec<&String> = entries.collect();
-        if entries.is_empty() {
-            return Ok(());
-        }
         let statement = match change {
             Change::Add => &self.knowledge.insert_jar_entry,
             Change::Remove => &self.knowledge.delete_jar_entry,
         };
-        let mut batch = Batch::new(BatchType::Logged);
-        batch.set_is_idempotent(true);
-        for _ in &entries {
-            batch.append_statement(statement.clone());
-        }
-        let result = match change {
-            Change::Add => {
-                let values: Vec<(&String, Uuid, i64)> =
-                    entries.iter().map(|&e| (e, id, timestamp)).collect();
-                self.session.batch(&batch, values).await
-            }
-            Change::Remove => {
-                let values: Vec<(i64, &String, Uuid)> =
-                    entries.iter().map(|&e| (timestamp, e, id)).collect();
-                self.session.batch(&batch, values).await
-            }
-        };
-        result.map_err(unavailable)?;
+        // Owned: a closure over borrowed entries is not `Send` for every lifetime.
+        let entries: Vec<String> = entries.cloned().collect();
+        stream::iter(batch_runs(entries, |entry| entry.len() + 16))
+            .map(|run| async move {
+                let mut batch = Batch::new(BatchType::Logged);
+                batch.set_is_idempotent(true);
+                for _ in &run {
+                    batch.append_statement(statement.clone());
+                }
+                match change {
+                    Change::Add => {
+                        let values: Vec<(&String, Uuid, i64)> =
+                            run.iter().map(|e| (e, id, timestamp)).collect();
+                        self.session.batch(&batch, values).await
+                    }
+                    Change::Remove => {
+                        let values: Vec<(i64, &String, Uuid)> =
+                            run.iter().map(|e| (timestamp, e, id)).collect();
+                        self.session.batch(&batch, values).await
+                    }
+                }
+            })
+            .buffer_unordered(BATCHES_IN_FLIGHT)
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 

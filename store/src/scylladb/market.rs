@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::schema::Migration;
 use super::{
     applied, contended, corrupt, logged_batch, maybe_row, page_of, prepare, prepare_serial_read,
-    read_paged, unavailable, ScyllaStore,
+    read_paged, unavailable, ScyllaStore, BATCH_BYTES, BATCH_ROW_BYTES,
 };
 use crate::{
     JarId, License, LicenseType, Listing, ListingId, ListingQuery, ListingSort, ListingStatus,
@@ -434,6 +434,18 @@ impl OrderRow {
         })
     }
 
+    /// What its copies in `orders_by_buyer`, `orders_by_period` and `orders_by_status` weigh
+    /// in a batch, as [`batch_runs`](super::batch_runs) counts (ids, numbers: 128 bytes).
+    fn indexed_bytes(&self) -> usize {
+        let text = self.idempotency_key.len()
+            + self.currency.len()
+            + self.license_type.len()
+            + self.payment_method.len()
+            + self.billing.len()
+            + self.status.len();
+        3 * (text + 128 + BATCH_ROW_BYTES)
+    }
+
     /// The row as `orders_by_period` and `orders_by_status` file it.
     fn filed(&self) -> FiledOrder<'_> {
         (
@@ -581,6 +593,11 @@ pub(super) struct Statements {
     index_order: Batch,
     /// The same for a paid order, which also leaves the `pending_invoice` queue.
     index_paid_order: Batch,
+    /// The statements of those batches, run one by one for an order too large for a batch.
+    order_in_buyer: PreparedStatement,
+    order_in_period: PreparedStatement,
+    order_in_status: PreparedStatement,
+    leave_status: PreparedStatement,
     buyer_orders: PreparedStatement,
     count_orders: PreparedStatement,
     count_orders_by_status: PreparedStatement,
@@ -828,6 +845,10 @@ impl Statements {
             .await?,
             index_order,
             index_paid_order,
+            order_in_buyer,
+            order_in_period,
+            order_in_status,
+            leave_status,
             buyer_orders: prepare(
                 session,
                 &format!("SELECT {ORDER_COLUMNS} FROM orders_by_buyer WHERE buyer_id = ?"),
@@ -1278,6 +1299,9 @@ impl ScyllaStore {
         let row = OrderRow::new(order);
         let period = period_of(order.created_at);
         let timestamp = order_state_timestamp(order);
+        if row.indexed_bytes() > BATCH_BYTES {
+            return self.index_large_order(order, &row).await;
+        }
         let common = (&row, row.filed(), row.filed(), (ORDERS_SCOPE, period));
         let result = match order.status {
             OrderStatus::Paid => {
@@ -1301,6 +1325,49 @@ impl ScyllaStore {
             }
         };
         result.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// [`Self::index_order`] for an order too large for one batch over several partitions (its
+    /// billing details are copied to each read table): one write per table, all at the state's
+    /// timestamp, and the paid order's `pending_invoice` row removed after the others. A
+    /// failure in between leaves some read tables behind, as a failure before the batch
+    /// leaves them all; the retry or the payment that follows writes them again.
+    async fn index_large_order(&self, order: &Order, row: &OrderRow) -> StoreResult<()> {
+        let stamped = |statement: &PreparedStatement| {
+            let mut statement = statement.clone();
+            statement.set_timestamp(Some(order_state_timestamp(order)));
+            statement
+        };
+        let statements = &self.market;
+        let period = period_of(order.created_at);
+        let (buyer, by_period, by_status, add_period) = (
+            stamped(&statements.order_in_buyer),
+            stamped(&statements.order_in_period),
+            stamped(&statements.order_in_status),
+            stamped(&statements.add_period),
+        );
+        futures::future::try_join4(
+            self.session.execute_unpaged(&buyer, row),
+            self.session.execute_unpaged(&by_period, row.filed()),
+            self.session.execute_unpaged(&by_status, row.filed()),
+            self.session
+                .execute_unpaged(&add_period, (ORDERS_SCOPE, period)),
+        )
+        .await
+        .map_err(unavailable)?;
+        if order.status == OrderStatus::Paid {
+            let unpaid = (
+                OrderStatus::PendingInvoice.as_str(),
+                period,
+                order.created_at.0,
+                order.id,
+            );
+            self.session
+                .execute_unpaged(&stamped(&statements.leave_status), unpaid)
+                .await
+                .map_err(unavailable)?;
+        }
         Ok(())
     }
 

@@ -1,9 +1,12 @@
-//! The ScyllaDB backend: the store of a cluster that outgrows one machine.
+//! The CQL backend, for ScyllaDB and Apache Cassandra 5.0: the store of a cluster that
+//! outgrows one machine.
 //!
 //! Written area by area (the traits of [`crate::Store`]), one module each; the data model and
-//! why each table exists are in `store/SCYLLA.md`. Here: the connection (token- and
-//! shard-aware routing, prepared statements, retries and speculative execution for idempotent
-//! statements only, TLS, credentials) and what every area reads and writes with.
+//! why each table exists are in `store/SCYLLA.md`. Here: the connection (token-aware routing,
+//! shard-aware on ScyllaDB; prepared statements, retries and speculative execution for
+//! idempotent statements only, TLS, credentials), what the server is ([`Server`]: the
+//! statements are the same on both, the keyspace options are not), and what every area reads
+//! and writes with.
 
 mod conversations;
 mod identity;
@@ -138,9 +141,11 @@ impl ScyllaConfig {
     }
 }
 
-/// The store on a ScyllaDB cluster (6.0 or later: see `schema::create_keyspace` on tablets).
+/// The store on a CQL cluster: ScyllaDB (written for 6.0 and later; see
+/// `schema::create_keyspace` on tablets) or Apache Cassandra 5.0.
 pub struct ScyllaStore {
     session: Arc<Session>,
+    server: Server,
     leases: leases::Statements,
     identity: identity::Statements,
     conversations: conversations::Statements,
@@ -176,7 +181,14 @@ impl ScyllaStore {
             .build()
             .await
             .map_err(|err| StoreError::Unavailable(format!("connecting to ScyllaDB: {err}")))?;
-        schema::migrate(&session, &config.keyspace, &config.replication).await?;
+        let server = Server::detect(&session).await?;
+        tracing::info!(
+            server = server.kind.name(),
+            release_version = %server.release_version,
+            tablets = server.tablets,
+            "connected to the CQL cluster"
+        );
+        schema::migrate(&session, &config.keyspace, &config.replication, &server).await?;
         Ok(ScyllaStore {
             leases: leases::Statements::prepare(&session).await?,
             identity: identity::Statements::prepare(&session).await?,
@@ -184,7 +196,88 @@ impl ScyllaStore {
             knowledge: knowledge::Statements::prepare(&session).await?,
             market: market::Statements::prepare(&session).await?,
             session: Arc::new(session),
+            server,
         })
+    }
+
+    /// What the cluster is, as told at connection.
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+}
+
+/// The two CQL servers the backend runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    ScyllaDb,
+    Cassandra,
+}
+
+impl ServerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerKind::ScyllaDb => "ScyllaDB",
+            ServerKind::Cassandra => "Cassandra",
+        }
+    }
+}
+
+/// What the cluster is, read from the coordinator's `system.local` at connection. Only
+/// ScyllaDB has a `supported_features` column there (its cluster features, comma-separated);
+/// the scylla driver's own tests tell the two servers apart, and tablets, the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub kind: ServerKind,
+    /// `release_version`: Cassandra's version, or the one ScyllaDB is compatible with.
+    pub release_version: String,
+    /// ScyllaDB's `TABLETS` feature (6.0 and later): keyspaces then opt out of tablets, whose
+    /// keyspaces refused lightweight transactions before ScyllaDB 2025.3.
+    pub tablets: bool,
+}
+
+impl Server {
+    async fn detect(session: &Session) -> StoreResult<Server> {
+        let result = session
+            .query_unpaged("SELECT * FROM system.local WHERE key = 'local'", ())
+            .await
+            .map_err(unavailable)?
+            .into_rows_result()
+            .map_err(|err| corrupt("system.local", err))?;
+        let specs = result.column_specs();
+        let column = |name: &str| specs.get_by_name(name).map(|(index, _)| index);
+        let (release_version, features) = (column("release_version"), column("supported_features"));
+        let row: Row = result
+            .first_row()
+            .map_err(|err| corrupt("system.local", err))?;
+        let text = |index: Option<usize>| {
+            index
+                .and_then(|index| row.columns.get(index))
+                .and_then(Option::as_ref)
+                .and_then(CqlValue::as_text)
+                .map(String::as_str)
+        };
+        Ok(Server::from_local(
+            text(release_version).unwrap_or_default(),
+            features.map(|index| text(Some(index)).unwrap_or_default()),
+        ))
+    }
+
+    /// From `system.local`: its `release_version`, and its `supported_features` where the
+    /// table has that column (`None`: it has not, so the server is Cassandra).
+    fn from_local(release_version: &str, supported_features: Option<&str>) -> Server {
+        let kind = match supported_features {
+            Some(_) => ServerKind::ScyllaDb,
+            None => ServerKind::Cassandra,
+        };
+        let tablets = supported_features
+            .unwrap_or_default()
+            .split(',')
+            .any(|feature| feature.trim() == "TABLETS");
+        Server {
+            kind,
+            release_version: release_version.to_owned(),
+            tablets,
+        }
     }
 }
 
@@ -358,8 +451,42 @@ async fn prepare_serial_read(session: &Session, cql: &str) -> StoreResult<Prepar
     Ok(statement)
 }
 
+/// The most a batch over several partitions carries here, counted as the bytes of the values
+/// it writes plus [`BATCH_ROW_BYTES`] a row. Cassandra refuses one larger than its
+/// `batch_size_fail_threshold` (50 KiB of mutations by default; ScyllaDB's is 1 MiB) and
+/// logs a warning above 5 KiB. This estimate is about twice what Cassandra counts, so the
+/// batches written stay under the warning. A batch on one partition is not limited.
+const BATCH_BYTES: usize = 8 * 1024;
+
+/// What a row costs a batch besides its values: keys, cell headers, timestamps.
+const BATCH_ROW_BYTES: usize = 64;
+
+/// The batches of one write that split in [`batch_runs`] in flight at once.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// `items` in runs of consecutive items whose `size`s (each plus [`BATCH_ROW_BYTES`]) add up
+/// to at most [`BATCH_BYTES`]; an item larger than that alone is a run of its own.
+fn batch_runs<T>(items: Vec<T>, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut runs: Vec<Vec<T>> = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let item_bytes = size(&item) + BATCH_ROW_BYTES;
+        match runs.last_mut() {
+            Some(run) if bytes + item_bytes <= BATCH_BYTES => {
+                run.push(item);
+                bytes += item_bytes;
+            }
+            _ => {
+                runs.push(vec![item]);
+                bytes = item_bytes;
+            }
+        }
+    }
+    runs
+}
+
 /// A logged batch of plain, idempotent writes (different partitions, applied all or none):
-/// the driver may retry it.
+/// the driver may retry it. Its values must stay within [`BATCH_BYTES`].
 fn logged_batch(statements: &[&PreparedStatement]) -> Batch {
     let mut batch = Batch::new(BatchType::Logged);
     for statement in statements {
@@ -425,18 +552,25 @@ where
     Ok(all)
 }
 
-/// Whether a lightweight transaction was applied: the first column of its answer.
+/// Whether a lightweight transaction was applied: its `[applied]` column, read on its own.
+/// The other columns of the answer differ between servers, and nothing reads them: ScyllaDB
+/// returns the row as it was; Cassandra only `[applied]` when applied or when the row is
+/// missing, the condition's columns when an `IF col = ?` failed, the whole row when an
+/// `IF NOT EXISTS` found one.
 fn applied(result: QueryResult) -> StoreResult<bool> {
     let rows = result
         .into_rows_result()
         .map_err(|err| StoreError::Internal(format!("LWT answer: {err}")))?;
+    let Some((index, _)) = rows.column_specs().get_by_name("[applied]") else {
+        return Err(StoreError::Internal("LWT answer without [applied]".into()));
+    };
     let row: Row = rows
         .first_row()
         .map_err(|err| StoreError::Internal(format!("LWT answer: {err}")))?;
-    match row.columns.first() {
+    match row.columns.get(index) {
         Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
         other => Err(StoreError::Internal(format!(
-            "LWT answer without [applied]: {other:?}"
+            "LWT answer with [applied] = {other:?}"
         ))),
     }
 }

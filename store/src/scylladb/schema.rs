@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use scylla::client::session::Session;
 
-use super::{applied, invalid, unavailable, Replication, ReplicationClass};
+use super::{applied, invalid, unavailable, Replication, ReplicationClass, Server};
 use crate::{StoreError, StoreResult};
 
 pub(super) struct Migration {
@@ -32,13 +32,18 @@ pub(super) const MIGRATIONS: &[Migration] = &[
 const LOCK_TTL_SECS: u32 = 60;
 const WAIT_FOR_MIGRATIONS: Duration = Duration::from_secs(120);
 
-/// `CREATE KEYSPACE IF NOT EXISTS` for `keyspace` with `replication`; names are checked, since
-/// they cannot be bound as values.
-pub(super) fn create_keyspace(keyspace: &str, replication: &Replication) -> StoreResult<String> {
+/// `CREATE KEYSPACE IF NOT EXISTS` for `keyspace` with `replication` on `server`; names are
+/// checked, since they cannot be bound as values.
+pub(super) fn create_keyspace(
+    keyspace: &str,
+    replication: &Replication,
+    server: &Server,
+) -> StoreResult<String> {
     check_name("keyspace", keyspace)?;
     // Tablets (ScyllaDB 6+, the default for NetworkTopologyStrategy keyspaces) refuse
     // lightweight transactions before ScyllaDB 2025.3, and Sting's leases, uniqueness and
-    // fencing are LWTs: such keyspaces use vnodes.
+    // fencing are LWTs: such keyspaces use vnodes. The option exists only where the cluster
+    // has the feature: Cassandra, and ScyllaDB before 6, refuse it ("Unknown property").
     let (options, tablets) = match replication.class {
         ReplicationClass::SimpleStrategy => {
             if replication.replication_factor == 0 {
@@ -60,7 +65,11 @@ pub(super) fn create_keyspace(keyspace: &str, replication: &Replication) -> Stor
                 check_name("datacenter", datacenter)?;
                 options.push_str(&format!(", '{datacenter}': {factor}"));
             }
-            (options, " AND tablets = {'enabled': false}")
+            let tablets = match server.tablets {
+                true => " AND tablets = {'enabled': false}",
+                false => "",
+            };
+            (options, tablets)
         }
     };
     Ok(format!(
@@ -86,8 +95,9 @@ pub(super) async fn migrate(
     session: &Session,
     keyspace: &str,
     replication: &Replication,
+    server: &Server,
 ) -> StoreResult<()> {
-    run(session, &create_keyspace(keyspace, replication)?).await?;
+    run(session, &create_keyspace(keyspace, replication, server)?).await?;
     session
         .use_keyspace(keyspace, false)
         .await
