@@ -1675,7 +1675,7 @@ mod tests {
             insert_cql("documents", DOCUMENT_COLUMNS, "")
                 .matches('?')
                 .count(),
-            25
+            26
         );
     }
 
