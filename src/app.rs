@@ -125,6 +125,7 @@ impl AppContext {
         let (sessions, _) = SessionRegistry::start(store.clone(), config.auth.session_policy())
             .await
             .context("starting session supervisor")?;
+        let sessions = sessions.in_cluster(cluster.clone());
         let identity = IdentityService::new(store.clone(), sessions, &config.auth)
             .context("configuring password hashing")?;
         let passkeys = PasskeyService::new(&config.webauthn, store.clone(), identity.clone())
@@ -228,6 +229,7 @@ impl AppContext {
         cluster.set_handler(Arc::new(NodeHandler {
             conversations: ctx.chat.clone(),
             shards: ctx.knowledge.shards().clone(),
+            sessions: ctx.identity.sessions().clone(),
             commands: {
                 let ctx = Arc::downgrade(&ctx);
                 Arc::new(move |command| match ctx.upgrade() {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine;
-use sting_actors::session::{token_hash, SessionPolicy, SessionRegistry};
+use sting_actors::session::{token_hash, Identity, SessionPolicy, SessionRegistry};
 use sting_store::{Page, Role, Session, Store, StoreError, Timestamp, User, UserId};
 use uuid::Uuid;
 
@@ -189,11 +189,54 @@ impl IdentityService {
         })
     }
 
-    /// Revokes one session.
-    pub async fn logout(&self, token_hash: &str) -> Result<(), IdentityError> {
-        self.store.delete_session(token_hash).await?;
-        self.sessions.evict([&token_hash.to_owned()]);
+    /// Revokes one session (on every node at once).
+    pub async fn logout(&self, who: &Identity) -> Result<(), IdentityError> {
+        self.store.delete_session(&who.token_hash).await?;
+        self.sessions.user_changed(who.user_id).await;
         Ok(())
+    }
+
+    /// Revokes every session of the caller, this one included; returns how many.
+    pub async fn logout_everywhere(&self, who: &Identity) -> Result<usize, IdentityError> {
+        let revoked = self.store.delete_user_sessions(who.user_id).await?.len();
+        self.sessions.user_changed(who.user_id).await;
+        tracing::info!(user_id = %who.user_id, sessions_revoked = revoked, "signed out everywhere");
+        Ok(revoked)
+    }
+
+    /// Replaces the caller's password after checking the current one, and revokes every other
+    /// session of theirs (whoever learnt the old password is signed out). Returns how many
+    /// sessions were revoked.
+    pub async fn change_password(
+        &self,
+        who: &Identity,
+        current: &str,
+        new: &str,
+    ) -> Result<usize, IdentityError> {
+        let mut user = self.user(who.user_id).await?;
+        if !self
+            .verify_password(current, user.password_hash.clone())
+            .await?
+        {
+            return Err(IdentityError::InvalidCredentials);
+        }
+        self.check_password(new, &user.email)?;
+        user.password_hash = self.hash_password(new).await?;
+        user.updated_at = Timestamp::now();
+        self.store.update_user(&user).await?;
+        // Every session goes, then the caller's own comes back: it proved the password just now.
+        let current = self.store.session(&who.token_hash).await?;
+        let revoked = self.store.delete_user_sessions(user.id).await?.len();
+        let kept = match current {
+            Some(current) => {
+                self.store.create_session(&current).await?;
+                1
+            }
+            None => 0,
+        };
+        self.sessions.user_changed(user.id).await;
+        tracing::info!(user_id = %user.id, sessions_revoked = revoked - kept, "password changed");
+        Ok(revoked - kept)
     }
 
     pub async fn user(&self, id: UserId) -> Result<User, IdentityError> {
@@ -238,6 +281,8 @@ impl IdentityService {
                 StoreError::NotFound { .. } => IdentityError::UserNotFound,
                 other => other.into(),
             })?;
+        // A new role or email applies to the user's next request on every node.
+        self.sessions.user_changed(user.id).await;
         Ok(user)
     }
 
@@ -260,11 +305,10 @@ impl IdentityService {
         self.store.update_user(&user).await?;
         let mut revoked = 0;
         if !active {
-            let hashes = self.store.delete_user_sessions(id).await?;
-            self.sessions.evict(&hashes);
-            revoked = hashes.len();
+            revoked = self.store.delete_user_sessions(id).await?.len();
             tracing::info!(user_id = %id, sessions_revoked = revoked, "user deactivated");
         }
+        self.sessions.user_changed(id).await;
         Ok((user, revoked))
     }
 

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::conversation::{self, ConversationRegistry, TurnEvent};
 use crate::jar_shard::{ShardQuery, ShardRegistry};
 use crate::ownership;
+use crate::session::SessionRegistry;
 
 /// Node-wide operations an operator asks of a node through any other node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +65,8 @@ pub(crate) enum Request {
     DocumentChanged { jar: JarId, document: DocumentId },
     /// Cast: a jar was deleted; drop its shards and their files.
     JarDeleted(JarId),
+    /// Call: a user's account or sessions changed; forget the sessions held of them.
+    UserChanged(UserId),
     /// Call: an operator command for this node.
     Command(NodeCommand),
 }
@@ -81,6 +84,44 @@ pub async fn send_command(
         .map_err(|err| err.to_string())?
 }
 
+/// Casts `request` to every other live member (best effort: a member that misses it catches up
+/// by its own means, e.g. sessions revalidating, shards checking the store).
+pub(crate) fn cast_to_peers(cluster: &Cluster, request: &Request) {
+    for member in cluster.members() {
+        if member.local || !member.live {
+            continue;
+        }
+        if let Err(err) = cluster.cast(&member.heartbeat.node, request) {
+            tracing::debug!(node = %member.heartbeat.node, ?request, error = %err, "cast not delivered");
+        }
+    }
+}
+
+/// Asks every other live member to forget what it holds of `user`'s sessions, and waits (at
+/// most `timeout`) until each has: so that a revocation made through one node holds on the next
+/// request through any other. A member that does not answer in time is logged; it catches up
+/// when its sessions revalidate.
+pub(crate) async fn user_changed_on_peers(cluster: &Cluster, user: UserId, timeout: Duration) {
+    let request = Request::UserChanged(user);
+    let calls = cluster
+        .members()
+        .into_iter()
+        .filter(|member| !member.local && member.live)
+        .map(|member| {
+            let request = &request;
+            async move {
+                let node = member.heartbeat.node;
+                let answer = cluster
+                    .call::<_, Result<(), String>>(&node, request, timeout)
+                    .await;
+                if !matches!(answer, Ok(Ok(()))) {
+                    tracing::warn!(%node, %user, ?answer, "a member did not confirm an account change");
+                }
+            }
+        });
+    futures_util::future::join_all(calls).await;
+}
+
 /// Runs operator commands on this node (the binary decides what draining and leaving mean).
 pub type CommandRunner = Arc<dyn Fn(NodeCommand) -> Result<(), String> + Send + Sync>;
 
@@ -88,6 +129,7 @@ pub type CommandRunner = Arc<dyn Fn(NodeCommand) -> Result<(), String> + Send + 
 pub struct NodeHandler {
     pub conversations: ConversationRegistry,
     pub shards: ShardRegistry,
+    pub sessions: SessionRegistry,
     pub commands: CommandRunner,
 }
 
@@ -119,6 +161,7 @@ impl Handler for NodeHandler {
         let conversations = self.conversations.clone();
         let shards = self.shards.clone();
         let commands = self.commands.clone();
+        let sessions = self.sessions.clone();
         Box::pin(async move {
             let request = match decode::<Request>(&payload) {
                 Ok(request) => request,
@@ -145,6 +188,10 @@ impl Handler for NodeHandler {
                         .map_err(|err| err.to_string()),
                 ),
                 Request::Command(command) => encode(&commands(command)),
+                Request::UserChanged(user) => {
+                    sessions.user_changed_local(user).await;
+                    encode(&Ok::<(), String>(()))
+                }
                 other => {
                     tracing::warn!(request = ?other, "a cast arrived as a call");
                     encode(&Err::<(), _>("not a call".to_owned()))

@@ -19,11 +19,16 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sha2::{Digest, Sha256};
 use sting_store::{Role, Session, Store, StoreError, Timestamp, User, UserId};
 
+use crate::remote::user_changed_on_peers;
 use crate::supervision::{ChildSupervisor, SupervisorMsg};
+use sting_cluster::Cluster;
 use uuid::Uuid;
 
 /// How long an edge request waits for a session actor before failing.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an account change waits for each other node to confirm it (a frozen node must not
+/// hold a logout up for long).
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Tries to reach a live session actor before giving up (see `authenticate`).
 const ACTIVATION_ATTEMPTS: usize = 5;
 
@@ -110,6 +115,8 @@ pub struct SessionRegistry {
     store: Arc<dyn Store>,
     policy: Arc<SessionPolicy>,
     active: Arc<AtomicU64>,
+    /// The other nodes to tell of account changes (none for a one-off command).
+    cluster: Option<Cluster>,
 }
 
 impl SessionRegistry {
@@ -127,8 +134,17 @@ impl SessionRegistry {
             store,
             policy: Arc::new(policy),
             active,
+            cluster: None,
         };
         Ok((registry, handle))
+    }
+
+    /// The registry that also tells `cluster`'s other members of account changes.
+    pub fn in_cluster(self, cluster: Cluster) -> SessionRegistry {
+        SessionRegistry {
+            cluster: Some(cluster),
+            ..self
+        }
     }
 
     /// The session rules in force.
@@ -200,13 +216,31 @@ impl SessionRegistry {
         Ok(Some(actor))
     }
 
-    /// Stops the actors of revoked sessions (after the store deleted them).
-    pub fn evict<'a>(&self, token_hashes: impl IntoIterator<Item = &'a String>) {
-        for hash in token_hashes {
-            if let Some(actor) = ActorRef::<SessionMsg>::where_is(actor_name(hash)) {
-                actor.stop(Some("revoked".into()));
+    /// Makes every node forget the sessions it holds of `user` (after the store changed them
+    /// or the account): a revocation, a new password, a role change or a deactivation then
+    /// applies to the next request on any node, each session being read again from the store.
+    /// A node that misses the message (partitioned) catches up within
+    /// `session_revalidate_secs`.
+    pub async fn user_changed(&self, user: UserId) {
+        // Before the caller answers, so that its next request anywhere sees the change.
+        match &self.cluster {
+            Some(cluster) => {
+                let peers = user_changed_on_peers(cluster, user, PEER_TIMEOUT);
+                tokio::join!(peers, self.user_changed_local(user));
             }
+            None => self.user_changed_local(user).await,
         }
+    }
+
+    /// Stops this node's actors of `user`'s sessions; returns once each has the message queued
+    /// (so that this node's next request for them already sees the change).
+    pub(crate) async fn user_changed_local(&self, user: UserId) {
+        ChildSupervisor::broadcast_queued(
+            &self.supervisor,
+            move || SessionMsg::UserChanged(user),
+            CALL_TIMEOUT,
+        )
+        .await;
     }
 
     /// Stops the supervisor and every session actor, and waits for them.
@@ -265,6 +299,9 @@ pub enum SessionMsg {
     Authenticate(RpcReplyPort<Result<Option<Identity>, StoreError>>),
     /// Periodic check for passivation.
     IdleTick,
+    /// The user's account or sessions changed: an actor of theirs stops, and the next request
+    /// rebuilds it from the store.
+    UserChanged(UserId),
 }
 
 // Local only: never sent to another node.
@@ -307,6 +344,11 @@ impl Actor for SessionActor {
                 let _ = reply.send(answer);
                 if ended {
                     myself.stop(Some("session ended".into()));
+                }
+            }
+            SessionMsg::UserChanged(user) => {
+                if state.user.id == user {
+                    myself.stop(Some("account changed".into()));
                 }
             }
             SessionMsg::IdleTick => {
@@ -509,19 +551,32 @@ mod tests {
         for _ in 0..20 {
             registry.authenticate(&tok).await.unwrap().unwrap();
             // Stop without revoking (as passivation does), then ask at once.
-            registry.evict([&token_hash(&tok)]);
+            registry.user_changed(user.id).await;
             let identity = registry.authenticate(&tok).await.unwrap();
             assert_eq!(identity.map(|i| i.user_id), Some(user.id));
         }
     }
 
     #[tokio::test]
-    async fn evict_stops_the_actor() {
+    async fn a_changed_user_is_read_again_at_once() {
         let (registry, store, user, _dir) = fixture(policy()).await;
         let tok = login(store.as_ref(), &user, Timestamp::now().plus_ms(60_000)).await;
+        let other = login(store.as_ref(), &user, Timestamp::now().plus_ms(60_000)).await;
         registry.authenticate(&tok).await.unwrap();
-        let hashes = store.delete_user_sessions(user.id).await.unwrap();
-        registry.evict(&hashes);
+        registry.authenticate(&other).await.unwrap();
+        // A role change: every session of the user shows it on the next request.
+        let mut admin = user.clone();
+        admin.role = Role::Admin;
+        store.update_user(&admin).await.unwrap();
+        registry.user_changed(user.id).await;
+        for token in [&tok, &other] {
+            let identity = registry.authenticate(token).await.unwrap().unwrap();
+            assert_eq!(identity.role, Role::Admin);
+        }
+        // Revocation: gone at once.
+        store.delete_user_sessions(user.id).await.unwrap();
+        registry.user_changed(user.id).await;
         assert!(registry.authenticate(&tok).await.unwrap().is_none());
+        assert!(registry.authenticate(&other).await.unwrap().is_none());
     }
 }

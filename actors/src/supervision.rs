@@ -31,8 +31,9 @@ pub(crate) enum SupervisorMsg<A: Actor> {
         args: A::Arguments,
         reply: RpcReplyPort<Result<ActorRef<A::Msg>, SpawnErr>>,
     },
-    /// Sends the message `make` builds to every live child (e.g. "check your ownership").
-    Broadcast(fn() -> A::Msg),
+    /// Sends the message `make` builds to every live child (e.g. "check your ownership"), then
+    /// answers `sent`, if given.
+    Broadcast(Box<dyn Fn() -> A::Msg + Send>, Option<RpcReplyPort<()>>),
 }
 
 impl<A: Actor> ractor::Message for SupervisorMsg<A> {}
@@ -51,8 +52,27 @@ impl<A: Actor + Default> ChildSupervisor<A> {
     }
 
     /// Sends the message `make` builds to every live child.
-    pub(crate) fn broadcast(supervisor: &ActorRef<SupervisorMsg<A>>, make: fn() -> A::Msg) {
-        let _ = supervisor.cast(SupervisorMsg::Broadcast(make));
+    pub(crate) fn broadcast(
+        supervisor: &ActorRef<SupervisorMsg<A>>,
+        make: impl Fn() -> A::Msg + Send + 'static,
+    ) {
+        let _ = supervisor.cast(SupervisorMsg::Broadcast(Box::new(make), None));
+    }
+
+    /// Sends the message `make` builds to every live child, and returns once each has it
+    /// queued: whatever is asked of a child afterwards, it handles after that message.
+    pub(crate) async fn broadcast_queued(
+        supervisor: &ActorRef<SupervisorMsg<A>>,
+        make: impl Fn() -> A::Msg + Send + 'static,
+        timeout: Duration,
+    ) {
+        let make = Box::new(make);
+        let _ = supervisor
+            .call(
+                |sent| SupervisorMsg::Broadcast(make, Some(sent)),
+                Some(timeout),
+            )
+            .await;
     }
 
     /// The live child named `name`, or a new one started with `args`; failures as text.
@@ -103,9 +123,12 @@ impl<A: Actor + Default> Actor for ChildSupervisor<A> {
                     .await;
                 let _ = reply.send(child);
             }
-            SupervisorMsg::Broadcast(make) => {
+            SupervisorMsg::Broadcast(make, sent) => {
                 for child in children.cells.values() {
                     let _ = ActorRef::<A::Msg>::from(child.clone()).cast(make());
+                }
+                if let Some(sent) = sent {
+                    let _ = sent.send(());
                 }
             }
         }

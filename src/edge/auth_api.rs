@@ -42,6 +42,21 @@ pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
         .and(with_ctx(ctx.clone()))
         .and(authenticated())
         .and_then(logout);
+    let logout_everywhere = auth
+        .and(warp::path("logout-everywhere"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_ctx(ctx.clone()))
+        .and(authenticated())
+        .and_then(logout_everywhere);
+    let change_password = auth
+        .and(warp::path("password"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_ctx(ctx.clone()))
+        .and(authenticated())
+        .and(json_body::<ChangePasswordRequest>(limit))
+        .and_then(change_password);
     let session = auth
         .and(warp::path("session"))
         .and(warp::path::end())
@@ -52,6 +67,10 @@ pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
         .or(login)
         .unify()
         .or(logout)
+        .unify()
+        .or(logout_everywhere)
+        .unify()
+        .or(change_password)
         .unify()
         .or(session)
         .unify()
@@ -131,6 +150,20 @@ pub struct LogoutResponse {
     pub message: String,
 }
 
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+/// Sessions ended by a password change or a sign-out everywhere.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionsRevoked {
+    pub success: bool,
+    pub sessions_revoked: usize,
+}
+
 /// Create an account and log in.
 #[utoipa::path(post, path = "/api/auth/register", tag = "auth",
     request_body = RegisterRequest,
@@ -188,10 +221,7 @@ pub async fn login(ctx: Arc<AppContext>, body: LoginRequest) -> Result<Response,
         (status = 401, description = "No valid session", body = ErrorEnvelope),
     ))]
 pub async fn logout(ctx: Arc<AppContext>, identity: Identity) -> Result<Response, Rejection> {
-    ctx.identity
-        .logout(&identity.token_hash)
-        .await
-        .map_err(reject)?;
+    ctx.identity.logout(&identity).await.map_err(reject)?;
     let mut response = warp::reply::json(&LogoutResponse {
         success: true,
         message: "Successfully logged out".into(),
@@ -199,6 +229,65 @@ pub async fn logout(ctx: Arc<AppContext>, identity: Identity) -> Result<Response
     .into_response();
     set_cookie(&mut response, &ctx.config.auth.cookie_name, "", "/", 0);
     Ok(response)
+}
+
+/// Revoke every session of the caller, on every device and node, this one included.
+#[utoipa::path(post, path = "/api/auth/logout-everywhere", tag = "auth",
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "Every session revoked; cookie cleared", body = SessionsRevoked),
+        (status = 401, description = "No valid session", body = ErrorEnvelope),
+    ))]
+pub async fn logout_everywhere(
+    ctx: Arc<AppContext>,
+    identity: Identity,
+) -> Result<Response, Rejection> {
+    let revoked = ctx
+        .identity
+        .logout_everywhere(&identity)
+        .await
+        .map_err(reject)?;
+    let mut response = warp::reply::json(&SessionsRevoked {
+        success: true,
+        sessions_revoked: revoked,
+    })
+    .into_response();
+    set_cookie(&mut response, &ctx.config.auth.cookie_name, "", "/", 0);
+    Ok(response)
+}
+
+/// Change one's password (the current one is required); every other session of the caller is
+/// revoked, this one stays. Counted as a credential attempt.
+#[utoipa::path(post, path = "/api/auth/password", tag = "auth",
+    request_body = ChangePasswordRequest, security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "Password changed; other sessions revoked", body = SessionsRevoked),
+        (status = 401, description = "No valid session", body = ErrorEnvelope),
+        (status = 415, description = "Body not sent as application/json", body = ErrorEnvelope),
+        (status = 422, description = "Wrong current password, or a weak new one", body = ErrorEnvelope),
+        (status = 429, description = "Too many attempts", body = ErrorEnvelope),
+    ))]
+pub async fn change_password(
+    ctx: Arc<AppContext>,
+    identity: Identity,
+    body: ChangePasswordRequest,
+) -> Result<Response, Rejection> {
+    let revoked = ctx
+        .identity
+        .change_password(&identity, &body.current_password, &body.new_password)
+        .await
+        .map_err(|err| match err {
+            crate::identity::IdentityError::InvalidCredentials => reject(ApiError::validation(
+                "current_password",
+                "is not the account's current password",
+            )),
+            err => reject(err),
+        })?;
+    Ok(warp::reply::json(&SessionsRevoked {
+        success: true,
+        sessions_revoked: revoked,
+    })
+    .into_response())
 }
 
 /// Whether the request carries a valid session, and whose.

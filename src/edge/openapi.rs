@@ -21,7 +21,8 @@ use super::{
                        X-RateLimit-* headers.",
     ),
     paths(
-        auth_api::register, auth_api::login, auth_api::logout, auth_api::session,
+        auth_api::register, auth_api::login, auth_api::logout, auth_api::logout_everywhere,
+        auth_api::change_password, auth_api::session,
         webauthn_api::register_init, webauthn_api::register_complete, webauthn_api::login_init,
         webauthn_api::login_complete, webauthn_api::list_passkeys, webauthn_api::delete_passkey,
         system_api::health, system_api::status, system_api::metrics, system_api::prometheus,

@@ -50,7 +50,7 @@ impl Category {
             ["v1", "chat", "completions"] => Category::Chat,
             ["v1", ..] => Category::General,
             ["api", "system", "health" | "metrics"] => return None,
-            ["api", "auth", "login" | "register"]
+            ["api", "auth", "login" | "register" | "password"]
             | ["api", "auth", "webauthn", "register" | "login", _]
                 if post =>
             {

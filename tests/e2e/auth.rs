@@ -257,3 +257,89 @@ async fn credentials_sent_as_a_form_or_text_are_refused() {
         }
     }
 }
+
+#[tokio::test]
+async fn changing_the_password_signs_out_the_other_sessions() {
+    let server = TestServer::start().await;
+    let (this, _) = server.register("changer@example.com").await;
+    let other = server
+        .login("changer@example.com", "correct horse battery")
+        .await
+        .body["session_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let change = |current: &str, new: &str| {
+        server.post(
+            "/api/auth/password",
+            Some(&this),
+            json!({"current_password": current, "new_password": new}),
+        )
+    };
+    change("wrong guess", "a brand new secret")
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR");
+    change("correct horse battery", "short")
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR");
+    let changed = change("correct horse battery", "a brand new secret").await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+    assert_eq!(changed.body["sessions_revoked"], 1);
+
+    let session = |token: String| {
+        let server = &server;
+        async move { server.get("/api/auth/session", Some(&token)).await.body["authenticated"].clone() }
+    };
+    assert_eq!(session(this.clone()).await, true, "this session stays");
+    assert_eq!(session(other).await, false, "the other one is signed out");
+    server
+        .login("changer@example.com", "correct horse battery")
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS");
+    assert_eq!(
+        server
+            .login("changer@example.com", "a brand new secret")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // Unauthenticated, it is refused.
+    server
+        .post(
+            "/api/auth/password",
+            None,
+            json!({"current_password": "a brand new secret", "new_password": "another one here"}),
+        )
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "AUTHENTICATION_REQUIRED");
+}
+
+#[tokio::test]
+async fn signing_out_everywhere_ends_every_session() {
+    let server = TestServer::start().await;
+    let (first, _) = server.register("leaver@example.com").await;
+    let second = server
+        .login("leaver@example.com", "correct horse battery")
+        .await
+        .body["session_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reply = server
+        .call(
+            Method::POST,
+            "/api/auth/logout-everywhere",
+            Some(&first),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["sessions_revoked"], 2);
+    assert!(reply
+        .header("set-cookie")
+        .is_some_and(|c| c.contains("Max-Age=0")));
+    for token in [&first, &second] {
+        let session = server.get("/api/auth/session", Some(token)).await;
+        assert_eq!(session.body["authenticated"], false);
+    }
+}

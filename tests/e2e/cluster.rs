@@ -731,3 +731,94 @@ async fn nodes_speak_mutual_tls_and_refuse_a_stranger() {
     assert_eq!(members, ["a", "b"], "{status}");
     assert!(cluster.node("a").log().contains("tls=true"));
 }
+
+#[tokio::test]
+async fn account_changes_apply_on_every_node_at_once() {
+    // Sessions revalidate only hourly here: what reaches the other nodes is the cluster's word.
+    let cluster = TestCluster::start(&[("STING_AUTH__SESSION_REVALIDATE_SECS", "3600")]).await;
+    let (token, user) = cluster.nodes[0].register("everywhere@example.com").await;
+    let session = |node: usize, token: String| {
+        let node = &cluster.nodes[node];
+        async move { node.get("/api/auth/session", Some(&token)).await.body }
+    };
+    for node in 0..3 {
+        assert_eq!(session(node, token.clone()).await["authenticated"], true);
+    }
+
+    // A role change made through one node shows on the next request through every node.
+    let promoted = cluster.nodes[0]
+        .call(
+            reqwest::Method::PUT,
+            &format!("/api/admin/users/{user}"),
+            Some(&cluster.admin),
+            Some(json!({"role": "admin"})),
+        )
+        .await;
+    assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.body);
+    for node in 0..3 {
+        assert_eq!(
+            session(node, token.clone()).await["user"]["role"],
+            "admin",
+            "node {node}"
+        );
+    }
+
+    // Logging out through one node ends the session through every node.
+    let logout = cluster.nodes[1]
+        .call(
+            reqwest::Method::POST,
+            "/api/auth/logout",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(logout.status, StatusCode::OK, "{}", logout.body);
+    for node in 0..3 {
+        assert_eq!(
+            session(node, token.clone()).await["authenticated"],
+            false,
+            "node {node}"
+        );
+    }
+
+    // Signing out everywhere through one node ends every session through every node.
+    let first = cluster.nodes[0]
+        .login("everywhere@example.com", "correct horse battery")
+        .await
+        .body["session_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let second = cluster.nodes[2]
+        .login("everywhere@example.com", "correct horse battery")
+        .await
+        .body["session_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for node in 0..3 {
+        assert_eq!(session(node, second.clone()).await["authenticated"], true);
+    }
+    let everywhere = cluster.nodes[0]
+        .call(
+            reqwest::Method::POST,
+            "/api/auth/logout-everywhere",
+            Some(&first),
+            None,
+        )
+        .await;
+    assert_eq!(
+        everywhere.body["sessions_revoked"], 2,
+        "{}",
+        everywhere.body
+    );
+    for node in 0..3 {
+        for token in [&first, &second] {
+            assert_eq!(
+                session(node, token.clone()).await["authenticated"],
+                false,
+                "node {node}"
+            );
+        }
+    }
+}

@@ -251,15 +251,7 @@ impl ShardRegistry {
     /// node that is down deletes its stale files when the shard next fails to find its jar).
     pub fn jar_deleted(&self, jar: JarId) {
         self.destroy_local(jar);
-        let cluster = &self.shared.cluster;
-        for member in cluster.members() {
-            if member.local || !member.live {
-                continue;
-            }
-            if let Err(err) = cluster.cast(&member.heartbeat.node, &Request::JarDeleted(jar)) {
-                tracing::debug!(%jar, node = %member.heartbeat.node, error = %err, "jar deletion not forwarded");
-            }
-        }
+        crate::remote::cast_to_peers(&self.shared.cluster, &Request::JarDeleted(jar));
     }
 
     /// Stops this node's shards of a deleted jar and deletes their files.
