@@ -117,6 +117,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub shutdown_grace_secs: u64,
     pub trusted_proxies: Vec<String>,
+    pub max_connections_per_address: usize,
+    pub body_read_timeout_secs: u64,
+    pub body_idle_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -338,8 +341,14 @@ impl Config {
                 "server.trusted_proxies: {reason}"
             )));
         }
-        if self.server.max_connections == 0 {
-            return invalid("server.max_connections must be positive");
+        if self.server.max_connections == 0
+            || self.server.max_connections_per_address == 0
+            || self.server.body_read_timeout_secs == 0
+            || self.server.body_idle_timeout_secs == 0
+        {
+            return invalid(
+                "server.max_connections, max_connections_per_address and body_*_timeout_secs must be positive",
+            );
         }
         if self.auth.min_password_length < 8 {
             return invalid("auth.min_password_length must be at least 8");

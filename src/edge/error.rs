@@ -135,6 +135,15 @@ impl ApiError {
         .with_details(json!({ "limit_bytes": limit }))
     }
 
+    /// 408 for a request body that did not arrive in time.
+    pub fn request_timeout() -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "REQUEST_TIMEOUT",
+            "the request body was not received in time",
+        )
+    }
+
     /// 415 for a body that is not of the `expected` media type.
     pub fn unsupported_media_type(expected: &str) -> ApiError {
         ApiError::new(

@@ -51,11 +51,7 @@ where
     let mut body = std::pin::pin!(body);
     let mut collected = BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|err| {
-            warp::reject::custom(ApiError::bad_request(format!(
-                "could not read request body: {err}"
-            )))
-        })?;
+        let mut chunk = chunk.map_err(|err| warp::reject::custom(body_error(&err)))?;
         if (collected.len() + chunk.remaining()) as u64 > limit {
             return Err(warp::reject::custom(ApiError::payload_too_large(limit)));
         }
@@ -67,6 +63,19 @@ where
         }
     }
     Ok(collected)
+}
+
+/// The API error for a body that could not be read: 408 when it did not arrive in time
+/// ([`crate::server::BodyTimedOut`]), else 400.
+pub fn body_error(err: &(dyn std::error::Error + 'static)) -> ApiError {
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        if err.is::<crate::server::BodyTimedOut>() {
+            return ApiError::request_timeout();
+        }
+        cause = err.source();
+    }
+    ApiError::bad_request(format!("could not read request body: {err}"))
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

@@ -17,7 +17,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use super::error::{ApiError, ErrorEnvelope};
-use super::json::{json_body, parse_json};
+use super::json::{body_error, json_body, parse_json};
 use super::{authenticated, page, reject, rfc3339, with_ctx};
 use crate::app::AppContext;
 use crate::knowledge::{AskRequest, JarPatch, NewJar, Reader, SearchRequest, UploadMetadata};
@@ -645,11 +645,11 @@ async fn read_form(
 ) -> Result<Form, Rejection> {
     let mut file = None;
     let mut values = HashMap::new();
-    while let Some(part) = form.try_next().await.map_err(|err| {
-        reject(ApiError::bad_request(format!(
-            "malformed multipart body: {err}"
-        )))
-    })? {
+    while let Some(part) = form
+        .try_next()
+        .await
+        .map_err(|err| reject(body_error(&err)))?
+    {
         if part.name() == "file" {
             let filename = part.filename().unwrap_or("document").to_owned();
             file = Some((filename, read_part(part, file_limit).await?));
@@ -676,11 +676,11 @@ async fn read_form(
 async fn read_part(part: Part, limit: u64) -> Result<Vec<u8>, Rejection> {
     let mut stream = part.stream();
     let mut bytes = Vec::new();
-    while let Some(chunk) = stream.try_next().await.map_err(|err| {
-        reject(ApiError::bad_request(format!(
-            "could not read the upload: {err}"
-        )))
-    })? {
+    while let Some(chunk) = stream
+        .try_next()
+        .await
+        .map_err(|err| reject(body_error(&err)))?
+    {
         if bytes.len() as u64 + bytes::Buf::remaining(&chunk) as u64 > limit {
             return Err(reject(ApiError::payload_too_large(limit)));
         }

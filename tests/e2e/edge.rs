@@ -213,3 +213,71 @@ async fn no_spelling_of_a_path_escapes_its_bucket() {
         .await;
     reply.assert_error(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT_EXCEEDED");
 }
+
+/// The host:port of a plain-HTTP test server.
+fn authority(server: &TestServer) -> String {
+    server
+        .base
+        .trim_start_matches("http://")
+        .replace("localhost", "127.0.0.1")
+}
+
+#[tokio::test]
+async fn a_body_trickled_in_gets_408_and_the_connection_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = ServerOptions::new()
+        .env("STING_SERVER__BODY_IDLE_TIMEOUT_SECS", "1")
+        .start()
+        .await;
+    let mut stream = tokio::net::TcpStream::connect(authority(&server))
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"email\":",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the node waited on the body");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("REQUEST_TIMEOUT"), "{answer}");
+}
+
+#[tokio::test]
+async fn one_address_cannot_hold_every_connection() {
+    use tokio::io::AsyncReadExt;
+    let server = ServerOptions::new()
+        .env("STING_SERVER__MAX_CONNECTIONS_PER_ADDRESS", "3")
+        .start()
+        .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            tokio::net::TcpStream::connect(authority(&server))
+                .await
+                .unwrap(),
+        );
+    }
+    // The fourth is closed at once: reading it ends (or resets) without an answer.
+    let mut fourth = tokio::net::TcpStream::connect(authority(&server))
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), fourth.read(&mut buffer))
+        .await
+        .expect("closed, not left waiting");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // Once one is given back, the address is served again.
+    held.pop();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let reply = server.get("/api/system/health", None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
