@@ -35,7 +35,7 @@ which this script does not use.
 
 Example:
   tools/cassandra/cassandra.sh start
-  STING_SCYLLA_NODES=$(tools/cassandra/cassandra.sh nodes) STING_REQUIRE_SCYLLA=1 \
+  STING_SCYLLA_NODES=$(tools/cassandra/cassandra.sh nodes) \
     cargo test -p sting-store --locked scylladb -- --include-ignored
   tools/cassandra/cassandra.sh stop
 EOF
