@@ -134,6 +134,7 @@ pub struct LimitsConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     pub allow_registration: bool,
+    pub reauth_window_secs: u64,
     pub min_password_length: usize,
     pub session_idle_ttl_secs: u64,
     pub session_absolute_ttl_secs: u64,

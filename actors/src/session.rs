@@ -70,6 +70,8 @@ pub struct Identity {
     pub session_id: Uuid,
     /// Hash of the bearer token (to revoke this session); never the token itself.
     pub token_hash: String,
+    /// When this session's credentials were checked (its login).
+    pub authenticated_at: Timestamp,
 }
 
 impl Identity {
@@ -81,6 +83,7 @@ impl Identity {
             role: user.role,
             session_id: session.id,
             token_hash: session.token_hash.clone(),
+            authenticated_at: session.created_at,
         }
     }
 

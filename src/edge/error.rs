@@ -114,6 +114,20 @@ impl ApiError {
         )
     }
 
+    /// A session too old for what it asks (see `edge::recently_authenticated`).
+    pub fn reauthentication_required(window: std::time::Duration) -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "REAUTHENTICATION_REQUIRED",
+            format!(
+                "log in again to change how this account logs in (allowed within {} minutes of \
+                 logging in)",
+                window.as_secs() / 60
+            ),
+        )
+        .with_details(json!({ "window_secs": window.as_secs() }))
+    }
+
     pub fn permission_denied(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "PERMISSION_DENIED", message)
     }

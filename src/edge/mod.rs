@@ -287,6 +287,24 @@ pub fn authenticated() -> impl Filter<Extract = (Identity,), Error = Rejection> 
     })
 }
 
+/// Requires a session whose login is at most `window` old: for changes to how the account
+/// logs in (its passkeys), so that a stolen or forgotten session cannot add its own way in.
+/// 403 `REAUTHENTICATION_REQUIRED` for an older one: log in again, then retry.
+pub fn recently_authenticated(
+    window: std::time::Duration,
+) -> impl Filter<Extract = (Identity,), Error = Rejection> + Clone {
+    authenticated().and_then(move |identity: Identity| async move {
+        let age_ms = sting_store::Timestamp::now().0 - identity.authenticated_at.0;
+        if age_ms <= window.as_millis() as i64 {
+            Ok(identity)
+        } else {
+            Err(warp::reject::custom(ApiError::reauthentication_required(
+                window,
+            )))
+        }
+    })
+}
+
 /// Requires an admin session: 401 without a session, 403 `PERMISSION_DENIED` for others.
 pub fn admin() -> impl Filter<Extract = (Identity,), Error = Rejection> + Clone {
     authenticated().and_then(|identity: Identity| async move {

@@ -3,6 +3,7 @@
 //! `PublicKeyCredential.parseCreationOptionsFromJSON` takes and `credential.toJSON()` gives).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sting_actors::session::Identity;
@@ -16,7 +17,7 @@ use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential};
 use super::auth_api::{session_reply, set_cookie};
 use super::error::{ApiError, ErrorEnvelope};
 use super::json::json_body;
-use super::{authenticated, reject, rfc3339, with_ctx};
+use super::{authenticated, recently_authenticated, reject, rfc3339, with_ctx};
 use crate::app::AppContext;
 
 /// The cookie that carries a login ceremony's id from `login/init` to `login/complete`.
@@ -25,15 +26,16 @@ const CEREMONY_COOKIE_PATH: &str = "/api/auth/webauthn/login";
 
 pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
     let limit = ctx.config.limits.max_body_bytes;
+    let fresh = Duration::from_secs(ctx.config.auth.reauth_window_secs);
     let register_init = warp::path!("api" / "auth" / "webauthn" / "register" / "init")
         .and(warp::post())
         .and(with_ctx(ctx.clone()))
-        .and(authenticated())
+        .and(recently_authenticated(fresh))
         .and_then(register_init);
     let register_complete = warp::path!("api" / "auth" / "webauthn" / "register" / "complete")
         .and(warp::post())
         .and(with_ctx(ctx.clone()))
-        .and(authenticated())
+        .and(recently_authenticated(fresh))
         .and(json_body::<RegisterCompleteRequest>(limit))
         .and_then(register_complete);
     let login_init = warp::path!("api" / "auth" / "webauthn" / "login" / "init")
@@ -55,7 +57,7 @@ pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
     let delete = warp::path!("api" / "auth" / "webauthn" / "passkeys" / String)
         .and(warp::delete())
         .and(with_ctx(ctx))
-        .and(authenticated())
+        .and(recently_authenticated(fresh))
         .and_then(delete_passkey);
     register_init
         .or(register_complete)
@@ -167,6 +169,7 @@ pub struct PasskeyDeleted {
     responses(
         (status = 200, description = "Creation options; answer within webauthn.challenge_ttl_secs from this session", body = RegistrationChallenge),
         (status = 401, description = "Not logged in", body = ErrorEnvelope),
+        (status = 403, description = "REAUTHENTICATION_REQUIRED: logged in longer ago than auth.reauth_window_secs", body = ErrorEnvelope),
         (status = 422, description = "The account has the most passkeys allowed", body = ErrorEnvelope),
     ))]
 pub async fn register_init(ctx: Arc<AppContext>, caller: Identity) -> Result<Response, Rejection> {
@@ -189,6 +192,7 @@ pub async fn register_init(ctx: Arc<AppContext>, caller: Identity) -> Result<Res
         (status = 201, description = "Passkey registered", body = PasskeyRegistered),
         (status = 400, description = "CHALLENGE_EXPIRED (unknown, used, expired or started by another session) or PASSKEY_REJECTED (wrong origin, challenge, signature or user verification)", body = ErrorEnvelope),
         (status = 401, description = "Not logged in", body = ErrorEnvelope),
+        (status = 403, description = "REAUTHENTICATION_REQUIRED: logged in longer ago than auth.reauth_window_secs", body = ErrorEnvelope),
         (status = 409, description = "The credential is registered already", body = ErrorEnvelope),
     ))]
 pub async fn register_complete(
@@ -299,6 +303,7 @@ pub async fn list_passkeys(ctx: Arc<AppContext>, caller: Identity) -> Result<Res
     responses(
         (status = 200, description = "Deleted", body = PasskeyDeleted),
         (status = 401, description = "Not logged in", body = ErrorEnvelope),
+        (status = 403, description = "REAUTHENTICATION_REQUIRED: logged in longer ago than auth.reauth_window_secs", body = ErrorEnvelope),
         (status = 404, description = "The caller has no passkey with this id", body = ErrorEnvelope),
     ))]
 pub async fn delete_passkey(

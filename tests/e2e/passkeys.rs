@@ -384,3 +384,45 @@ fn base64_url(text: &str) -> Vec<u8> {
         .decode(text)
         .unwrap()
 }
+
+#[tokio::test]
+async fn changing_passkeys_needs_a_recent_login() {
+    let server = ServerOptions::new()
+        .env("STING_AUTH__REAUTH_WINDOW_SECS", "2")
+        .start()
+        .await;
+    let (token, _) = server.register("fresh@example.com").await;
+    let mut key = authenticator();
+    let passkey = register_passkey(&server, &token, &mut key).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+
+    // The session is older than the window: no passkey can be added or removed with it.
+    server
+        .call(
+            Method::POST,
+            "/api/auth/webauthn/register/init",
+            Some(&token),
+            None,
+        )
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "REAUTHENTICATION_REQUIRED");
+    let path = format!("/api/auth/webauthn/passkeys/{passkey}");
+    server
+        .call(Method::DELETE, &path, Some(&token), None)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "REAUTHENTICATION_REQUIRED");
+    // Listing them is fine, and a fresh login may change them.
+    let listed = server
+        .get("/api/auth/webauthn/passkeys", Some(&token))
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let fresh = server
+        .login("fresh@example.com", "correct horse battery")
+        .await
+        .body["session_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deleted = server.call(Method::DELETE, &path, Some(&fresh), None).await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.body);
+}
