@@ -66,6 +66,9 @@ pub struct Heartbeat {
     pub incarnation: u64,
     pub state: MemberState,
     pub report: NodeReport,
+    /// The addresses of the peers it hears from: how a node learns of members it has no
+    /// connection to yet, and dials them itself (with its own TLS, never in the clear).
+    pub peers: Vec<String>,
 }
 
 /// One member as this node sees it.
@@ -233,6 +236,30 @@ impl Membership {
             .collect()
     }
 
+    /// The addresses of live peers (what this node's heartbeat tells its peers).
+    pub fn live_addresses(&self) -> Vec<String> {
+        self.peers
+            .values()
+            .filter(|m| m.live)
+            .map(|m| m.heartbeat.address.clone())
+            .collect()
+    }
+
+    /// Addresses live peers hear from that this node does not: members to dial.
+    pub fn gossiped_addresses(&self) -> Vec<String> {
+        let mut addresses: Vec<String> = self
+            .peers
+            .values()
+            .filter(|m| m.live)
+            .flat_map(|m| m.heartbeat.peers.iter())
+            .filter(|address| **address != self.local.address && !self.has_live_address(address))
+            .cloned()
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        addresses
+    }
+
     /// Whether a live peer advertises `address`.
     pub fn has_live_address(&self, address: &str) -> bool {
         self.peers
@@ -252,7 +279,21 @@ mod tests {
             incarnation: 1,
             state,
             report: NodeReport::default(),
+            peers: Vec::new(),
         }
+    }
+
+    #[test]
+    fn members_heard_of_through_peers_are_to_be_dialled() {
+        let now = Instant::now();
+        let mut membership = Membership::new(beat("a", MemberState::Up), Duration::from_secs(5));
+        let mut b = beat("b", MemberState::Up);
+        b.peers = vec!["a:4000".into(), "c:4000".into()];
+        membership.heard(b, now);
+        assert_eq!(membership.gossiped_addresses(), ["c:4000"]);
+        membership.heard(beat("c", MemberState::Up), now);
+        assert!(membership.gossiped_addresses().is_empty());
+        assert_eq!(membership.live_addresses().len(), 2);
     }
 
     fn names(set: &[NodeId]) -> Vec<&str> {

@@ -133,6 +133,7 @@ impl Cluster {
             incarnation,
             state: MemberState::Up,
             report: NodeReport::default(),
+            peers: Vec::new(),
         };
         let membership = Arc::new(Mutex::new(Membership::new(local, config.down_after)));
         let first = View {
@@ -425,7 +426,12 @@ impl Cluster {
 
     /// Sends this node's heartbeat to every connected peer.
     fn send_heartbeats(&self) {
-        let heartbeat = transport::encode(self.membership().local());
+        let heartbeat = {
+            let membership = self.membership();
+            let mut heartbeat = membership.local().clone();
+            heartbeat.peers = membership.live_addresses();
+            transport::encode(&heartbeat)
+        };
         for cell in pg::get_members(&NODES_GROUP.to_owned()) {
             if cell.get_id().is_local() {
                 continue;
@@ -467,7 +473,8 @@ impl Cluster {
         }
     }
 
-    /// Dials seeds and lost peers that no open connection reaches, each at most once per
+    /// Dials seeds, lost peers and members heard of through peers that no open connection
+    /// reaches, each at most once per
     /// `down_after` (ractor_cluster does not reconnect by itself).
     async fn redial(&self, last_dial: &mut std::collections::HashMap<String, Instant>) {
         let (Some(server), Some(network)) = (&self.inner.server, &self.inner.config.network) else {
@@ -493,6 +500,7 @@ impl Cluster {
                 .filter(|seed| !membership.has_live_address(seed))
                 .cloned()
                 .chain(membership.unreachable_addresses())
+                .chain(membership.gossiped_addresses())
                 .collect()
         };
         let now = Instant::now();
@@ -573,7 +581,10 @@ async fn start_server(
         node.as_str().to_owned(),
         host,
         incoming,
-        Some(NodeConnectionMode::Transitive),
+        // Not ractor's transitive mode: it dials the peers it hears of in the clear whatever
+        // the node's TLS. Members learn of each other from heartbeats and dial one another
+        // with their own connector (`redial`).
+        Some(NodeConnectionMode::Isolated),
     )
     .with_listen_addr(network.listen.ip());
     let (server, _) = Actor::spawn(None, server, ())

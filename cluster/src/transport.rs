@@ -142,6 +142,7 @@ mod tests {
                 conversations: 3,
                 ..NodeReport::default()
             },
+            peers: vec!["127.0.0.1:5052".into()],
         };
         assert_eq!(decode::<Heartbeat>(&encode(&beat)).unwrap(), beat);
         assert!(decode::<Heartbeat>(&[0xff; 3]).is_err());

@@ -683,22 +683,13 @@ fn certificates(dir: &std::path::Path, ca_name: &str, nodes: &[&str]) {
     }
 }
 
-#[tokio::test]
-async fn nodes_speak_mutual_tls_and_refuse_a_stranger() {
-    if !onnxruntime_available("nodes_speak_mutual_tls_and_refuse_a_stranger") {
-        return;
-    }
-    let pki = tempfile::tempdir().unwrap();
-    certificates(pki.path(), "cluster-ca", &["a", "b"]);
-    // c's certificate is signed by another CA: the others must not let it in.
-    certificates(pki.path(), "other-ca", &["c"]);
-    let dir = pki.path().to_owned();
-    let files = move |node: &str| {
-        let ca = if node == "c" {
-            "other-ca"
-        } else {
-            "cluster-ca"
-        };
+/// A node's TLS settings: its certificate and key in `dir`, and the CA `ca_of` names for it.
+fn tls_settings(
+    dir: &std::path::Path,
+    ca_of: fn(&str) -> &'static str,
+) -> impl Fn(&str) -> Vec<(String, String)> {
+    let dir = dir.to_owned();
+    move |node: &str| {
         let file = |name: String| dir.join(name).to_str().unwrap().to_owned();
         vec![
             (
@@ -711,10 +702,45 @@ async fn nodes_speak_mutual_tls_and_refuse_a_stranger() {
             ),
             (
                 "STING_CLUSTER__TLS_CA_PATH".to_owned(),
-                file(format!("{ca}.pem")),
+                file(format!("{}.pem", ca_of(node))),
             ),
         ]
-    };
+    }
+}
+
+#[tokio::test]
+async fn members_heard_of_through_a_peer_are_reached_over_tls_too() {
+    let pki = tempfile::tempdir().unwrap();
+    certificates(pki.path(), "cluster-ca", &NAMES);
+    let files = tls_settings(pki.path(), |_| "cluster-ca");
+    // b and c each know only a: each must learn of the other through a, and reach it with its
+    // own TLS (both then place on all three, which needs the other's heartbeats).
+    let cluster = TestCluster::start_with(&[], &files, &NAMES).await;
+    for node in &cluster.nodes {
+        let log = node.log();
+        assert!(
+            !log.contains("transitive connection"),
+            "a dial in the clear: {log}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn nodes_speak_mutual_tls_and_refuse_a_stranger() {
+    if !onnxruntime_available("nodes_speak_mutual_tls_and_refuse_a_stranger") {
+        return;
+    }
+    let pki = tempfile::tempdir().unwrap();
+    certificates(pki.path(), "cluster-ca", &["a", "b"]);
+    // c's certificate is signed by another CA: the others must not let it in.
+    certificates(pki.path(), "other-ca", &["c"]);
+    let files = tls_settings(pki.path(), |node| {
+        if node == "c" {
+            "other-ca"
+        } else {
+            "cluster-ca"
+        }
+    });
     let cluster = TestCluster::start_with(&[], &files, &["a", "b"]).await;
     let (token, _) = cluster.node("b").register("tls@example.com").await;
     for via in ["a", "b", "a", "b"] {
