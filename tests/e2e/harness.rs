@@ -288,6 +288,19 @@ impl TestServer {
         None
     }
 
+    /// The process's resident memory, in bytes (Linux).
+    pub fn resident_bytes(&self) -> u64 {
+        let pid = self.child.as_ref().expect("server running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("VmRSS");
+        kib * 1024
+    }
+
     /// Sends a signal (`STOP`, `CONT`, ...) to the process.
     pub fn signal(&self, signal: &str) {
         let pid = self

@@ -12,6 +12,7 @@ mod knowledge;
 mod marketplace;
 mod models;
 mod openai;
+mod overload;
 mod passkeys;
 mod store_copy;
 mod system;
