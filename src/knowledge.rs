@@ -81,7 +81,6 @@ pub struct JarPatch {
     pub tags: Option<Vec<String>>,
     pub allow_search: Option<bool>,
     pub allow_export: Option<bool>,
-    pub encryption_enabled: Option<bool>,
 }
 
 /// What came with an upload.
@@ -638,14 +637,6 @@ impl KnowledgeService {
         }
         if let Some(allow) = patch.allow_export {
             jar.settings.allow_export = allow;
-        }
-        if let Some(encrypt) = patch.encryption_enabled {
-            if encrypt != jar.settings.encryption_enabled {
-                return Err(KnowledgeError::Invalid {
-                    field: "settings.encryption_enabled",
-                    reason: "is chosen when the jar is created".into(),
-                });
-            }
         }
         jar.updated_at = Timestamp::now();
         self.store.update_jar(&jar).await?;

@@ -76,6 +76,7 @@ pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
 #[into_params(parameter_in = Query)]
 pub struct ListUsersQuery {
     /// Page size, 1–200 (default 20).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// Users to skip (default 0).
     pub offset: Option<u64>,
@@ -84,9 +85,15 @@ pub struct ListUsersQuery {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUserRequest {
+    #[schema(format = "email")]
     pub email: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x1F\x7F-\x9F]*$"
+    )]
     pub name: Option<String>,
-    #[schema(value_type = Option<String>, example = "admin")]
+    #[schema(value_type = Option<String>, pattern = "^(user|admin)$", example = "admin")]
     pub role: Option<Role>,
 }
 

@@ -79,7 +79,10 @@ pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterRequest {
+    #[schema(format = "email")]
     pub email: String,
+    /// At least `auth.min_password_length` characters (default 8).
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: String,
     #[serde(default)]
     pub traits: Option<TraitsInput>,
@@ -88,6 +91,11 @@ pub struct RegisterRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct TraitsInput {
     /// Display name; defaults to the local part of the email.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x1F\x7F-\x9F]*$"
+    )]
     pub name: Option<String>,
 }
 

@@ -91,6 +91,8 @@ pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MessageRequest {
+    /// At most `chat.max_message_chars` characters.
+    #[schema(min_length = 1, pattern = r"\S")]
     pub message: String,
     /// Continue this conversation; omitted: start a new one.
     pub conversation_id: Option<Uuid>,
@@ -110,8 +112,11 @@ pub struct MessageContext {
     /// Model to answer with (default: the conversation's, else `models.default_chat_model`).
     pub model: Option<String>,
     /// 0–2 (default `chat.default_temperature`).
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f32>,
     /// Longest answer in tokens (default `chat.default_max_tokens`; capped by the context).
+    #[schema(minimum = 1, maximum = 32768)]
+    #[serde(default, deserialize_with = "super::json::optional_whole_number")]
     pub max_tokens: Option<usize>,
     /// Honey jars to answer from (retrieved passages are added to Bee's prompt).
     #[serde(default)]
@@ -296,12 +301,15 @@ pub async fn send_message(
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size, 1–1000 (default 20).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// Conversations to skip (default 0).
     pub offset: Option<u64>,
     /// `created_at` or `updated_at` (default).
+    #[param(pattern = "^(created_at|updated_at)$")]
     pub sort: Option<String>,
     /// `asc` or `desc` (default).
+    #[param(pattern = "^(asc|desc)$")]
     pub order: Option<String>,
     /// Only conversations whose title contains this (case-insensitive), at most 200 characters.
     pub search: Option<String>,
@@ -402,6 +410,7 @@ pub async fn list_conversations(
 #[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// Messages per page, 1–1000 (default 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// Messages to skip from the start (default 0).
     pub offset: Option<u64>,

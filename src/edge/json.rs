@@ -3,6 +3,7 @@
 use bytes::{Buf, BytesMut};
 use futures_util::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use warp::{Filter, Rejection};
 
 use super::error::ApiError;
@@ -63,6 +64,63 @@ where
         }
     }
     Ok(collected)
+}
+
+/// Reads a whole number also when it is written with a zero fraction (`3.0`): JSON Schema
+/// counts that an integer, so clients generated from the OpenAPI document may send it.
+pub fn whole_number<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error;
+    let number = serde_json::Number::deserialize(deserializer)?;
+    let whole = number.as_u64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|n| n.fract() == 0.0 && *n >= 0.0 && *n <= u64::MAX as f64)
+            .map(|n| n as u64)
+    });
+    whole.and_then(|n| T::try_from(n).ok()).ok_or_else(|| {
+        D::Error::custom(format!(
+            "invalid value: {number}, expected a whole number in range"
+        ))
+    })
+}
+
+/// [`whole_number`] for an optional field (`null` or absent: `None`).
+pub fn optional_whole_number<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    #[derive(Deserialize)]
+    struct Whole<T: TryFrom<u64>>(#[serde(deserialize_with = "whole_number")] T);
+    Ok(Option::<Whole<T>>::deserialize(deserializer)?.map(|Whole(n)| n))
+}
+
+/// Reads a struct only from a JSON object: serde also fills a struct from an array of its
+/// fields in order (`[true, null]`), which the API never documents.
+pub fn object_only<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    use serde::de::Error;
+    let map = serde_json::Map::deserialize(deserializer)?;
+    T::deserialize(serde_json::Value::Object(map)).map_err(D::Error::custom)
+}
+
+/// [`object_only`] for an optional field (`null` or absent: `None`).
+pub fn optional_object_only<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    use serde::de::Error;
+    Option::<serde_json::Map<String, serde_json::Value>>::deserialize(deserializer)?
+        .map(|map| T::deserialize(serde_json::Value::Object(map)).map_err(D::Error::custom))
+        .transpose()
 }
 
 /// The API error for a body that could not be read: 408 when it did not arrive in time
@@ -190,6 +248,35 @@ mod tests {
             Some("application/jsonp"),
         ] {
             assert!(!is_json(other), "{other:?}");
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Counts {
+        #[serde(deserialize_with = "whole_number")]
+        stars: u8,
+        #[serde(default, deserialize_with = "optional_whole_number")]
+        limit: Option<usize>,
+        #[serde(default, deserialize_with = "optional_object_only")]
+        traits: Option<Traits>,
+    }
+
+    #[test]
+    fn whole_numbers_may_carry_a_zero_fraction_and_structs_come_from_objects_only() {
+        let counts: Counts =
+            parse_json(br#"{"stars": 4.0, "limit": 20.0, "traits": {"name": "x"}}"#).unwrap();
+        assert_eq!((counts.stars, counts.limit), (4, Some(20)));
+        let counts: Counts = parse_json(br#"{"stars": 4, "limit": null}"#).unwrap();
+        assert_eq!(counts.limit, None);
+        for bad in [
+            &br#"{"stars": 4.5}"#[..],
+            br#"{"stars": 256}"#,
+            br#"{"stars": -1}"#,
+            br#"{"stars": 1, "traits": ["x"]}"#,
+        ] {
+            let err = parse_json::<Counts>(bad).unwrap_err();
+            assert_eq!(err.status, 422, "{:?}", String::from_utf8_lossy(bad));
         }
     }
 }

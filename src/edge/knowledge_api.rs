@@ -187,16 +187,18 @@ pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJarRequest {
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
     #[serde(default)]
     pub description: String,
     /// `private` (default), `shared` or `public`.
     #[serde(default = "private")]
-    #[schema(value_type = String, example = "private")]
+    #[schema(value_type = String, pattern = "^(private|shared|public)$", example = "private")]
     pub visibility: Visibility,
     #[serde(default)]
+    #[schema(schema_with = super::openapi::tags_schema)]
     pub tags: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::json::object_only")]
     pub settings: SettingsInput,
 }
 
@@ -219,12 +221,27 @@ pub struct SettingsInput {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateJarRequest {
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: Option<String>,
     pub description: Option<String>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^(private|shared|public)$")]
     pub visibility: Option<Visibility>,
+    #[schema(schema_with = super::openapi::optional_tags_schema)]
     pub tags: Option<Vec<String>>,
-    pub settings: Option<SettingsInput>,
+    #[schema(nullable = true)]
+    #[serde(default, deserialize_with = "super::json::optional_object_only")]
+    pub settings: Option<UpdateSettingsInput>,
+}
+
+/// Settings that may change after creation (encryption is chosen once, at creation); omitted
+/// ones stay as they are.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSettingsInput {
+    /// Readers other than the owner may search and ask it.
+    pub allow_search: Option<bool>,
+    /// It may be exported.
+    pub allow_export: Option<bool>,
 }
 
 /// Who a `shared` jar is shared with (replaces the list).
@@ -408,6 +425,7 @@ async fn new_jar_view(
 #[into_params(parameter_in = Query)]
 pub struct ListJarsQuery {
     /// `private`, `shared` or `public`.
+    #[param(pattern = "^(private|shared|public)$")]
     pub visibility: Option<String>,
     /// Owner's user id.
     pub owner: Option<Uuid>,
@@ -415,6 +433,7 @@ pub struct ListJarsQuery {
     /// Text in the name or description.
     pub search: Option<String>,
     /// 1–200 (default 20).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     pub offset: Option<u64>,
 }
@@ -511,7 +530,6 @@ pub async fn update_jar(
                 tags: body.tags,
                 allow_search: settings.allow_search,
                 allow_export: settings.allow_export,
-                encryption_enabled: settings.encryption_enabled,
             },
         )
         .await
@@ -822,6 +840,7 @@ pub async fn import_jar(
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// 1–200 (default 20).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     pub offset: Option<u64>,
 }
@@ -891,6 +910,7 @@ pub async fn delete_document(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchBody {
+    #[schema(min_length = 1, max_length = 2000, pattern = r"\S")]
     pub query: String,
     /// Jars to search; omitted or empty: every jar the caller may search.
     #[serde(default)]
@@ -898,7 +918,11 @@ pub struct SearchBody {
     #[serde(default)]
     pub filters: SearchFilters,
     /// 1–100 (default 10).
-    #[serde(default = "default_limit")]
+    #[serde(
+        default = "default_limit",
+        deserialize_with = "super::json::whole_number"
+    )]
+    #[schema(minimum = 1, maximum = 100)]
     pub limit: usize,
     /// Include each chunk's text (default true).
     #[serde(default = "yes")]
@@ -1015,12 +1039,17 @@ pub async fn search(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AskBody {
+    #[schema(min_length = 1, max_length = 2000, pattern = r"\S")]
     pub question: String,
     /// Jars to answer from; omitted or empty: every jar the caller may search.
     #[serde(default)]
     pub honey_jar_ids: Vec<Uuid>,
     /// Chunks retrieved as sources, 1–20 (default 5).
-    #[serde(default = "default_context_limit")]
+    #[serde(
+        default = "default_context_limit",
+        deserialize_with = "super::json::whole_number"
+    )]
+    #[schema(minimum = 1, maximum = 20)]
     pub context_limit: usize,
     /// Chat model (default: `models.default_chat_model`).
     pub model: Option<String>,

@@ -134,17 +134,23 @@ pub fn routes(ctx: Arc<AppContext>) -> warp::filters::BoxedFilter<(Response,)> {
 pub struct ListingsQuery {
     pub category: Option<String>,
     /// Lowest price, a decimal with at most two places ("9.99").
+    #[param(pattern = r"^(0|[1-9][0-9]{0,5})(\.[0-9]{1,2})?$")]
     pub price_min: Option<String>,
+    #[param(pattern = r"^(0|[1-9][0-9]{0,5})(\.[0-9]{1,2})?$")]
     pub price_max: Option<String>,
     /// Lowest mean rating, 0–5 with at most two decimals.
+    #[param(pattern = r"^([0-4](\.[0-9]{1,2})?|5(\.00?)?)$")]
     pub rating_min: Option<String>,
     /// Words in the title or description.
     pub search: Option<String>,
     /// `price`, `rating` or `created_at` (default).
+    #[param(pattern = "^(price|rating|created_at)$")]
     pub sort: Option<String>,
     /// `asc` or `desc` (default: cheapest, best rated, newest first).
+    #[param(pattern = "^(asc|desc)$")]
     pub order: Option<String>,
     /// 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     pub offset: Option<u64>,
 }
@@ -153,6 +159,7 @@ pub struct ListingsQuery {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     pub offset: Option<u64>,
 }
@@ -161,8 +168,10 @@ pub struct PageQuery {
 #[into_params(parameter_in = Query)]
 pub struct OrdersQuery {
     /// `pending_invoice`, `paid` or `cancelled` (default: all).
+    #[param(pattern = "^(pending_invoice|paid|cancelled)$")]
     pub status: Option<String>,
     /// 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     pub offset: Option<u64>,
 }
@@ -175,12 +184,12 @@ pub struct CreateListingRequest {
     #[serde(default)]
     pub description: String,
     /// Decimal amount in USD with at most two decimals, as a number or a string ("99.99").
-    #[schema(value_type = String, example = "99.99")]
+    #[schema(value_type = String, pattern = r"^(0|[1-9][0-9]{0,5})(\.[0-9]{1,2})?$", example = "99.99")]
     pub price: serde_json::Value,
     pub category: String,
     /// `single_use` (the documents the jar holds when the order is paid) or `personal`
     /// (later documents too); both for the buyer alone.
-    #[schema(value_type = String, example = "single_use")]
+    #[schema(value_type = String, pattern = "^(single_use|personal)$", example = "single_use")]
     pub license_type: LicenseType,
     #[serde(default)]
     pub preview_enabled: bool,
@@ -191,10 +200,10 @@ pub struct CreateListingRequest {
 pub struct UpdateListingRequest {
     pub title: Option<String>,
     pub description: Option<String>,
-    #[schema(value_type = Option<String>, example = "49.00")]
+    #[schema(value_type = Option<String>, pattern = r"^(0|[1-9][0-9]{0,5})(\.[0-9]{1,2})?$", example = "49.00")]
     pub price: Option<serde_json::Value>,
     pub category: Option<String>,
-    #[schema(value_type = Option<String>, example = "personal")]
+    #[schema(value_type = Option<String>, pattern = "^(single_use|personal)$", example = "personal")]
     pub license_type: Option<LicenseType>,
     pub preview_enabled: Option<bool>,
 }
@@ -204,12 +213,14 @@ pub struct UpdateListingRequest {
 pub struct PurchaseRequest {
     /// `credit_card`, `invoice` or `bank_transfer` (every order is invoiced: no card
     /// processor is integrated).
+    #[schema(pattern = "^(credit_card|invoice|bank_transfer)$")]
     pub payment_method: String,
     /// `name`, `email`, `address`, `city`, `zip` required; `state` optional.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = super::openapi::billing_schema)]
     pub billing_address: serde_json::Value,
     /// Makes retries safe (or send the `Idempotency-Key` header): the same key returns the
     /// first order. Default: one purchase per listing and buyer.
+    #[schema(min_length = 1, max_length = 128)]
     pub idempotency_key: Option<String>,
 }
 
@@ -217,6 +228,8 @@ pub struct PurchaseRequest {
 #[serde(deny_unknown_fields)]
 pub struct RatingRequest {
     /// 1–5 stars.
+    #[schema(minimum = 1, maximum = 5)]
+    #[serde(deserialize_with = "super::json::whole_number")]
     pub rating: u8,
 }
 
@@ -512,7 +525,7 @@ pub async fn withdraw_listing(
 /// idempotency key returns the first order and charges nothing again.
 #[utoipa::path(post, path = "/api/marketplace/honey-pots/{listing_id}/purchase", tag = "marketplace",
     params(("listing_id" = Uuid, Path, description = "Listing id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe", min_length = 1, max_length = 128)),
     request_body = PurchaseRequest, security(("bearer" = []), ("cookie" = [])),
     responses(
         (status = 201, description = "the order (200 for a repeated idempotency key)", body = OrderView),

@@ -101,11 +101,18 @@ where
             let (mut response, user_id) =
                 admit_and_route(&ctx, routes, request, client_ip, category).await;
 
+            let status = response.status().as_u16();
             let headers = response.headers_mut();
             if let Ok(value) = HeaderValue::from_str(&request_id) {
                 headers.insert("x-request-id", value);
             }
-            let status = response.status().as_u16();
+            if status == 405 {
+                if let Some(allow) = openapi::allowed_methods(&path)
+                    .and_then(|allow| HeaderValue::from_str(&allow).ok())
+                {
+                    headers.insert(warp::http::header::ALLOW, allow);
+                }
+            }
             let elapsed = started.elapsed();
             let category_name = category.map_or("none", Category::as_str);
             ctx.metrics
@@ -356,10 +363,14 @@ pub fn page(
             format!("must be between 1 and {max}"),
         )));
     }
-    Ok(sting_store::Page {
-        limit,
-        offset: offset.unwrap_or(0),
-    })
+    let offset = offset.unwrap_or(0);
+    if offset > i64::MAX as u64 {
+        return Err(reject(ApiError::validation(
+            "offset",
+            format!("must be at most {}", i64::MAX),
+        )));
+    }
+    Ok(sting_store::Page { limit, offset })
 }
 
 /// An RFC 3339 UTC rendering of a store timestamp.

@@ -114,10 +114,14 @@ pub enum EmbeddingInput {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct EmbeddingsRequest {
+    /// One text or 1–`models.embedding_max_inputs` (default 256) texts, each of at most
+    /// `models.embedding_max_input_chars` (default 16,384) characters.
+    #[schema(schema_with = super::openapi::embedding_input_schema)]
     pub input: EmbeddingInput,
     /// Default: `models.default_embedding_model`.
     pub model: Option<String>,
     /// "float" (default) or "base64" (little-endian f32).
+    #[schema(pattern = "^(float|base64)$")]
     pub encoding_format: Option<String>,
 }
 
@@ -142,8 +146,11 @@ pub struct CompletionRequest {
     pub model: Option<String>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
+    #[serde(default, deserialize_with = "super::json::optional_whole_number")]
+    #[schema(minimum = 1)]
     pub max_tokens: Option<usize>,
     pub stop: Option<StopInput>,
+    #[serde(default, deserialize_with = "super::json::optional_whole_number")]
     pub seed: Option<u64>,
     #[serde(default)]
     pub stream: bool,

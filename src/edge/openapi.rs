@@ -47,7 +47,7 @@ use super::{
         openapi_json,
     ),
     components(schemas(error::ErrorEnvelope, error::ErrorBody)),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &ErrorResponses),
 )]
 struct ApiDoc;
 
@@ -65,6 +65,170 @@ impl Modify for SecuritySchemes {
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new("sting_session"))),
         );
     }
+}
+
+/// Every operation may also fail in ways its own list does not name (a malformed body, a
+/// rate limit, an overloaded node, ...): each gets a `default` response, the error envelope
+/// (under `/v1`, OpenAI's error object).
+struct ErrorResponses;
+
+impl Modify for ErrorResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let envelope = ResponseBuilder::new()
+            .description("Any other failure: the error envelope, its `code` says which")
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorEnvelope")))
+                    .build(),
+            )
+            .build();
+        let openai = ResponseBuilder::new()
+            .description("Any other failure: `{\"error\": {message, type, param, code}}`")
+            .content("application/json", ContentBuilder::new().build())
+            .build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let default = if path.starts_with("/v1/") {
+                &openai
+            } else {
+                &envelope
+            };
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                operation
+                    .responses
+                    .responses
+                    .entry("default".to_owned())
+                    .or_insert_with(|| default.clone().into());
+            }
+        }
+    }
+}
+
+/// The schema of a request's `tags`: at most 32, each 1–64 characters with something besides
+/// spaces (as `knowledge::valid_tags` checks them).
+pub fn tags_schema() -> utoipa::openapi::Array {
+    use utoipa::openapi::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(64))
+                .pattern(Some(r"\S")),
+        )
+        .max_items(Some(32))
+        .build()
+}
+
+/// [`tags_schema`], or null (unchanged).
+pub fn optional_tags_schema() -> utoipa::openapi::Schema {
+    use utoipa::openapi::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(tags_schema())
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .build()
+        .into()
+}
+
+/// The schema of `/v1/embeddings`' `input`, with the default limits of `[models]`.
+pub fn embedding_input_schema() -> utoipa::openapi::Schema {
+    use utoipa::openapi::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    let text = || {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .max_length(Some(16_384))
+    };
+    OneOfBuilder::new()
+        .item(text())
+        .item(
+            ArrayBuilder::new()
+                .items(text())
+                .min_items(Some(1))
+                .max_items(Some(256)),
+        )
+        .build()
+        .into()
+}
+
+/// The schema of a purchase's billing details (as `marketplace::check_billing` checks them).
+pub fn billing_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::{ObjectBuilder, Type};
+    let field = |format: Option<&str>| {
+        let builder = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(200))
+            .pattern(Some(r"\S"));
+        match format {
+            Some(format) => builder.format(Some(utoipa::openapi::SchemaFormat::Custom(
+                format.to_owned(),
+            ))),
+            None => builder,
+        }
+    };
+    let mut object = ObjectBuilder::new().schema_type(Type::Object);
+    for name in ["name", "address", "city", "zip"] {
+        object = object.property(name, field(None)).required(name);
+    }
+    object
+        .property("email", field(Some("email")))
+        .required("email")
+        .property("state", field(None))
+        .build()
+}
+
+/// The methods the document lists for `path` (a concrete request path), as an `Allow` header
+/// value; `None` when it names no such path.
+pub fn allowed_methods(path: &str) -> Option<String> {
+    static ROUTES: std::sync::LazyLock<Vec<(Vec<String>, String)>> =
+        std::sync::LazyLock::new(|| {
+            document()
+                .paths
+                .paths
+                .iter()
+                .map(|(template, item)| {
+                    let segments = template
+                        .split('/')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                    let methods = [
+                        ("GET", item.get.is_some()),
+                        ("HEAD", item.get.is_some()),
+                        ("POST", item.post.is_some()),
+                        ("PUT", item.put.is_some()),
+                        ("DELETE", item.delete.is_some()),
+                        ("PATCH", item.patch.is_some()),
+                    ];
+                    let allow = methods
+                        .iter()
+                        .filter(|(_, present)| *present)
+                        .map(|(name, _)| *name)
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    (segments, allow)
+                })
+                .collect()
+        });
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    ROUTES
+        .iter()
+        .find(|(template, _)| {
+            template.len() == segments.len()
+                && template
+                    .iter()
+                    .zip(&segments)
+                    .all(|(t, s)| (t.starts_with('{') && t.ends_with('}')) || t == s)
+        })
+        .map(|(_, allow)| allow.clone())
 }
 
 /// The document as JSON.

@@ -383,7 +383,7 @@ pub async fn metrics(ctx: Arc<AppContext>, _admin: Identity) -> Result<Response,
 
 /// Prometheus text exposition (not rate-limited, for scrapers).
 #[utoipa::path(get, path = "/metrics", tag = "system",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+    responses((status = 200, description = "Prometheus text format", content_type = "application/openmetrics-text; version=1.0.0")))]
 pub async fn prometheus(ctx: Arc<AppContext>) -> Response {
     let store_up = matches!(
         tokio::time::timeout(CHECK_TIMEOUT, ctx.store.ping()).await,

@@ -89,10 +89,21 @@ async fn unknown_routes_and_methods_get_the_envelope() {
         .get("/nothing-here", None)
         .await
         .assert_error(StatusCode::NOT_FOUND, "ROUTE_NOT_FOUND");
-    server
+    let wrong_method = server
         .call(Method::DELETE, "/api/auth/login", None, None)
-        .await
-        .assert_error(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED");
+        .await;
+    wrong_method.assert_error(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED");
+    // Saying which methods are: those the OpenAPI document lists for the path.
+    assert_eq!(wrong_method.header("allow"), Some("POST"));
+    let on_a_template = server
+        .call(
+            Method::PATCH,
+            &format!("/api/admin/users/{}", uuid::Uuid::new_v4()),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(on_a_template.header("allow"), Some("GET, HEAD, PUT"));
     server
         .get("/api/admin/users/not-a-uuid", None)
         .await
