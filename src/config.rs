@@ -128,6 +128,7 @@ pub struct LimitsConfig {
     pub max_body_bytes: u64,
     pub max_import_bytes: u64,
     pub max_import_unpacked_bytes: u64,
+    pub max_concurrent_imports: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -332,6 +333,7 @@ impl Config {
         if limits.max_body_bytes == 0
             || limits.max_import_bytes == 0
             || limits.max_import_unpacked_bytes == 0
+            || limits.max_concurrent_imports == 0
         {
             return invalid("limits must be positive");
         }
@@ -649,6 +651,7 @@ mod tests {
         assert!(config.server.tls);
         assert_eq!(config.rate_limits.auth.requests, 5);
         assert_eq!(config.rate_limits.general.window_secs, 3600);
+        assert_eq!(config.limits.max_concurrent_imports, 2);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod hjx;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -29,6 +30,8 @@ use sting_store::{
     Chunk, Document, DocumentId, DocumentStatus, HoneyJar, JarId, JarQuery, JarSettings, License,
     LicenseType, Page, Store, StoreError, Timestamp, User, UserId, Visibility,
 };
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 /// Failures of knowledge operations, by meaning.
@@ -55,6 +58,9 @@ pub enum KnowledgeError {
     /// An HJX archive that cannot be imported.
     #[error(transparent)]
     Archive(#[from] hjx::HjxError),
+    /// The node is doing as much of this as it may at once; retry shortly.
+    #[error("{0}")]
+    Busy(&'static str),
     /// A failure that is nobody's fault but the node's (logged, not shown).
     #[error("{0}")]
     Internal(String),
@@ -108,6 +114,10 @@ pub struct KnowledgeService {
     max_upload_bytes: u64,
     max_import_bytes: u64,
     max_import_unpacked_bytes: u64,
+    /// One permit per import under way (`limits.max_concurrent_imports`).
+    imports: Arc<Semaphore>,
+    /// `<data_dir>/imports`: where imports stream their archive and unpack its entries.
+    imports_dir: PathBuf,
     /// Bee's prompt, default model and token budget, shared with chat.
     chat: ChatPolicy,
     counters: TokenCounters,
@@ -192,13 +202,72 @@ pub struct Imported {
     pub reembedding: bool,
 }
 
-/// A checked document of an archive, ready to store.
+/// A checked document of an archive, ready to store (its original and chunks stay on disk
+/// until then).
 struct Incoming {
+    /// Its place in the archive's documents.
+    index: usize,
     /// Its record as created (`processing`).
     document: Document,
-    original: Vec<u8>,
-    /// Its processed record and the archive's chunks, when they are kept.
-    processed: Option<(Document, Vec<Chunk>)>,
+    /// Its processed record, when the archive's chunks are kept.
+    processed: Option<Document>,
+}
+
+/// An import under way: its place among the `limits.max_concurrent_imports` the node runs at
+/// once (held until the import ends), and the archive as it streams in, written to an unnamed
+/// temporary file under `<data_dir>/imports` (gone when closed, even after a crash).
+pub struct ImportUpload {
+    permit: OwnedSemaphorePermit,
+    file: tokio::fs::File,
+    bytes: u64,
+    limit: u64,
+}
+
+impl ImportUpload {
+    /// Appends the next bytes of the archive; more than `limits.max_import_bytes` in all is
+    /// [`KnowledgeError::TooLarge`].
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let total = self.bytes.saturating_add(bytes.len() as u64);
+        if total > self.limit {
+            return Err(KnowledgeError::TooLarge { limit: self.limit });
+        }
+        self.file.write_all(bytes).await.map_err(spool_failed)?;
+        self.bytes = total;
+        Ok(())
+    }
+}
+
+fn spool_failed(err: std::io::Error) -> KnowledgeError {
+    KnowledgeError::Internal(format!("writing an archive being imported to disk: {err}"))
+}
+
+/// Creates `dir` if missing, its owner's alone (0700).
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Removes what imports interrupted by a crash left in `dir` (their unpacked entries).
+fn remove_leftover_imports(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with("import-") {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(dir = %entry.path().display(), "removed what an interrupted import left")
+                }
+                Err(err) => {
+                    tracing::warn!(dir = %entry.path().display(), error = %err, "could not remove what an interrupted import left")
+                }
+            }
+        }
+    }
 }
 
 /// Most characters of a search query.
@@ -248,6 +317,8 @@ impl KnowledgeService {
         models: ModelPoolHandle,
         config: &crate::config::Config,
     ) -> KnowledgeService {
+        let imports_dir = config.data_dir.join("imports");
+        remove_leftover_imports(&imports_dir);
         KnowledgeService {
             store,
             blobs,
@@ -259,6 +330,13 @@ impl KnowledgeService {
             max_upload_bytes: config.knowledge.max_upload_bytes,
             max_import_bytes: config.limits.max_import_bytes,
             max_import_unpacked_bytes: config.limits.max_import_unpacked_bytes,
+            imports: Arc::new(Semaphore::new(
+                config
+                    .limits
+                    .max_concurrent_imports
+                    .min(Semaphore::MAX_PERMITS),
+            )),
+            imports_dir,
             chat: config.chat_policy(),
             counters: TokenCounters::default(),
         }
@@ -808,34 +886,86 @@ impl KnowledgeService {
         Ok(Export { filename, archive })
     }
 
-    /// A new private jar owned by `who` from an HJX archive (`name` overrides the archive's).
-    /// The whole archive is checked before anything is written, and a jar whose writing fails
-    /// midway is deleted again. The archive's chunks and embeddings are kept when its embedding
-    /// model is this node's (same name and dimensions); otherwise the originals go through the
-    /// ingestion pipeline to be embedded here.
+    /// Starts an import: takes one of the node's `limits.max_concurrent_imports` places
+    /// ([`KnowledgeError::Busy`] at once when none is free; it is held until the import ends)
+    /// and opens the temporary file the archive streams into ([`ImportUpload::write`]), for
+    /// [`KnowledgeService::import`].
+    pub async fn begin_import(&self) -> Result<ImportUpload> {
+        let permit = self.imports.clone().try_acquire_owned().map_err(|_| {
+            KnowledgeError::Busy(
+                "the node is importing as many archives as it may at once; retry shortly",
+            )
+        })?;
+        let dir = self.imports_dir.clone();
+        let file = blocking(move || {
+            private_dir(&dir)
+                .and_then(|()| tempfile::tempfile_in(&dir))
+                .map_err(spool_failed)
+        })
+        .await?;
+        Ok(ImportUpload {
+            permit,
+            file: tokio::fs::File::from_std(file),
+            bytes: 0,
+            limit: self.max_import_bytes,
+        })
+    }
+
+    /// A new private jar owned by `who` from the HJX archive streamed into `upload` (`name`
+    /// overrides the archive's). The whole archive is checked before anything is written, and
+    /// a jar whose writing fails midway is deleted again. The archive's chunks and embeddings
+    /// are kept when its embedding model is this node's (same name and dimensions); otherwise
+    /// the originals go through the ingestion pipeline to be embedded here.
+    ///
+    /// The archive is unpacked into a private directory under `<data_dir>/imports` (see
+    /// [`hjx::read`]), removed when the import ends, whatever the outcome; what the import holds
+    /// in memory is the manifest and one document (its original and its chunks) at a time.
     pub async fn import(
         &self,
         who: &Identity,
-        archive: Vec<u8>,
+        upload: ImportUpload,
         name: Option<String>,
     ) -> Result<Imported> {
-        if archive.len() as u64 > self.max_import_bytes {
-            return Err(KnowledgeError::TooLarge {
-                limit: self.max_import_bytes,
-            });
-        }
+        let ImportUpload {
+            permit, mut file, ..
+        } = upload;
         let name = name.map(|name| valid_name(&name)).transpose()?;
+        file.flush().await.map_err(spool_failed)?;
+        let mut file = file.into_std().await;
         let limits = hjx::Limits {
             max_unpacked_bytes: self.max_import_unpacked_bytes,
             max_original_bytes: self.max_upload_bytes,
         };
-        let archive = blocking(move || Ok(hjx::read(&archive, limits)?)).await?;
+        let dir = self.imports_dir.clone();
+        // The place goes along with the unpacking: should the request be dropped meanwhile,
+        // it stays taken until the unpacking ends.
+        let (archive, permit) = blocking(move || {
+            std::io::Seek::rewind(&mut file).map_err(spool_failed)?;
+            Ok((hjx::read(file, &dir, limits)?, permit))
+        })
+        .await?;
+        tracing::debug!(dir = %archive.dir().display(), documents = archive.documents.len(), "archive checked and unpacked");
+        let archive = Arc::new(archive);
+        let result = self.import_archive(who, &archive, name).await;
+        // Removing the unpacked entries (a file each) may take a while: on the blocking pool.
+        let _ = tokio::task::spawn_blocking(move || drop(archive)).await;
+        drop(permit);
+        result
+    }
+
+    /// The import of a checked archive.
+    async fn import_archive(
+        &self,
+        who: &Identity,
+        archive: &Arc<hjx::Archive>,
+        name: Option<String>,
+    ) -> Result<Imported> {
         let ours = hjx::EmbeddingModel {
             name: self.embedding_model.clone(),
             dimensions: self.embedding_dimensions().await?,
         };
         let reembedding = archive.embedding_model != ours;
-        let source = archive.honey_jar;
+        let source = &archive.honey_jar;
         let settings = JarSettings {
             allow_search: source.settings.allow_search,
             allow_export: source.settings.allow_export,
@@ -844,81 +974,28 @@ impl KnowledgeService {
         // Never the archive's visibility: a public or shared jar from someone else's archive
         // would expose its content to users the importer did not choose.
         let new = NewJar {
-            name: name.unwrap_or(source.name),
-            description: source.description,
+            name: name.unwrap_or_else(|| source.name.clone()),
+            description: source.description.clone(),
             visibility: Visibility::Private,
-            tags: source.tags,
+            tags: source.tags.clone(),
             settings,
         };
         let jar = self
             .new_jar(who.user_id, new)
             .map_err(|err| in_manifest("honey_jar", err))?;
-        let mut incoming = Vec::with_capacity(archive.documents.len());
-        for (i, item) in archive.documents.into_iter().enumerate() {
-            let entry = item.entry;
-            let at = format!("documents[{i}]");
-            let metadata = UploadMetadata {
-                title: Some(entry.title),
-                description: Some(entry.description),
-                tags: entry.tags,
-            };
-            let document = new_document(
-                jar.id,
-                who.user_id,
-                &entry.filename,
-                &item.original,
-                metadata,
-            )
-            .map_err(|err| in_manifest(&at, err))?;
-            if document.status == DocumentStatus::Failed {
-                return Err(hjx::HjxError::Invalid {
-                    entry: entry.original,
-                    reason: document.error.unwrap_or_default(),
-                }
-                .into());
-            }
-            let language = entry.metadata.language;
-            if language.as_ref().is_some_and(|code| {
-                code.len() > 8 || !code.chars().all(|c| c.is_ascii_alphabetic())
-            }) {
-                return Err(in_manifest(
-                    &at,
-                    KnowledgeError::Invalid {
-                        field: "metadata.language",
-                        reason: "must be a language code".into(),
-                    },
-                ));
-            }
-            let processed = (!reembedding).then(|| {
-                let count = item.chunks.len() as u64;
-                let done = Document {
-                    status: DocumentStatus::Processed,
-                    progress: 100,
-                    chunk_count: count,
-                    embedding_count: count,
-                    pages: entry.metadata.pages,
-                    word_count: entry.metadata.word_count,
-                    language,
-                    ..document.clone()
-                };
-                let chunks = item
-                    .chunks
-                    .into_iter()
-                    .map(|chunk| chunk.into_chunk(jar.id, done.id))
-                    .collect();
-                (done, chunks)
-            });
-            incoming.push(Incoming {
-                document,
-                original: item.original,
-                processed,
-            });
-        }
+        let incoming = {
+            let archive = archive.clone();
+            let (jar_id, owner) = (jar.id, who.user_id);
+            blocking(move || incoming_documents(&archive, jar_id, owner, reembedding)).await?
+        };
 
         let key = self.data_key(&jar)?;
         let documents = incoming.len();
         self.store.create_jar(&jar).await?;
-        if let Err(err) = self.store_imported(&jar, key.as_ref(), incoming).await {
+        if let Err(err) = self
+            .store_imported(&jar, key.as_ref(), archive, incoming)
+            .await
+        {
             tracing::warn!(jar = %jar.id, error = %err, "import failed; removing the jar it created");
             if let Err(cleanup) = self.remove_jar(jar.id).await {
                 tracing::error!(jar = %jar.id, error = %cleanup, "could not remove a half-imported jar");
@@ -938,20 +1015,40 @@ impl KnowledgeService {
         })
     }
 
-    /// Stores an import's documents: each original, then its kept chunks (searchable at once)
-    /// or its place in the ingestion queue.
+    /// Stores an import's documents one at a time, each read back from the unpacked archive:
+    /// its original, then its kept chunks (searchable at once) or its place in the ingestion
+    /// queue.
     async fn store_imported(
         &self,
         jar: &HoneyJar,
         key: Option<&DataKey>,
+        archive: &Arc<hjx::Archive>,
         documents: Vec<Incoming>,
     ) -> Result<()> {
         for incoming in documents {
-            self.store_original(jar, key, &incoming.document, &incoming.original)
+            let index = incoming.index;
+            let original = {
+                let archive = archive.clone();
+                blocking(move || Ok(archive.original(index)?)).await?
+            };
+            self.store_original(jar, key, &incoming.document, &original)
                 .await?;
-            match &incoming.processed {
-                Some((document, chunks)) => {
-                    store_processed(self.store.as_ref(), &self.shards, document, chunks).await?
+            drop(original);
+            match incoming.processed {
+                Some(document) => {
+                    let chunks = {
+                        let archive = archive.clone();
+                        let (jar_id, id) = (jar.id, document.id);
+                        blocking(move || {
+                            Ok(archive
+                                .chunks(index)?
+                                .into_iter()
+                                .map(|chunk| chunk.into_chunk(jar_id, id))
+                                .collect::<Vec<Chunk>>())
+                        })
+                        .await?
+                    };
+                    store_processed(self.store.as_ref(), &self.shards, &document, &chunks).await?
                 }
                 None => self.ingestion.submit(incoming.document.id).await?,
             }
@@ -1017,6 +1114,65 @@ async fn blocking<T: Send + 'static>(
 
 fn archive_failed(err: std::io::Error) -> KnowledgeError {
     KnowledgeError::Internal(format!("writing an archive: {err}"))
+}
+
+/// The records of a checked archive's documents, each checked as an upload would be (its
+/// metadata, and a supported kind detected from its original, read back one at a time).
+fn incoming_documents(
+    archive: &hjx::Archive,
+    jar: JarId,
+    owner: UserId,
+    reembedding: bool,
+) -> Result<Vec<Incoming>> {
+    let mut incoming = Vec::with_capacity(archive.documents.len());
+    for (index, entry) in archive.documents.iter().enumerate() {
+        let at = format!("documents[{index}]");
+        let metadata = UploadMetadata {
+            title: Some(entry.title.clone()),
+            description: Some(entry.description.clone()),
+            tags: entry.tags.clone(),
+        };
+        let original = archive.original(index)?;
+        let document = new_document(jar, owner, &entry.filename, &original, metadata)
+            .map_err(|err| in_manifest(&at, err))?;
+        drop(original);
+        if document.status == DocumentStatus::Failed {
+            return Err(hjx::HjxError::Invalid {
+                entry: entry.original.clone(),
+                reason: document.error.unwrap_or_default(),
+            }
+            .into());
+        }
+        let language = entry.metadata.language.clone();
+        if language
+            .as_ref()
+            .is_some_and(|code| code.len() > 8 || !code.chars().all(|c| c.is_ascii_alphabetic()))
+        {
+            return Err(in_manifest(
+                &at,
+                KnowledgeError::Invalid {
+                    field: "metadata.language",
+                    reason: "must be a language code".into(),
+                },
+            ));
+        }
+        let processed = (!reembedding).then(|| Document {
+            status: DocumentStatus::Processed,
+            progress: 100,
+            chunk_count: entry.chunk_count,
+            embedding_count: entry.chunk_count,
+            pages: entry.metadata.pages,
+            word_count: entry.metadata.word_count,
+            language,
+            ..document.clone()
+        });
+        incoming.push(Incoming {
+            index,
+            document,
+            processed,
+        });
+    }
+    Ok(incoming)
 }
 
 /// A bad value of an archive's content (`at`: where in its manifest), as an archive error.
@@ -1218,6 +1374,25 @@ impl sting_actors::conversation::Retriever for KnowledgeService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_interrupted_imports_left_is_removed_and_nothing_else() {
+        let data = tempfile::tempdir().unwrap();
+        let imports = data.path().join("imports");
+        // Nothing there yet: nothing to do.
+        remove_leftover_imports(&imports);
+        private_dir(&imports).unwrap();
+        let stale = imports.join("import-a1b2c3");
+        std::fs::create_dir_all(stale.join("nested")).unwrap();
+        std::fs::write(stale.join("1"), b"an original").unwrap();
+        std::fs::write(imports.join("unrelated"), b"kept").unwrap();
+        remove_leftover_imports(&imports);
+        assert!(!stale.exists());
+        assert!(imports.join("unrelated").exists());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&imports).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
 
     #[test]
     fn filenames_are_sanitised() {

@@ -392,6 +392,15 @@ impl From<KnowledgeError> for ApiError {
                 ApiError::bad_request(format!("file: not a readable gzip'd tar archive: {reason}"))
                     .with_details(json!({ "field": "file", "reason": reason }))
             }
+            KnowledgeError::Busy(message) => ApiError::unavailable(message),
+            KnowledgeError::Archive(HjxError::Io(err)) => {
+                tracing::error!(error = %err, "unpacking an archive failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "STORAGE_ERROR",
+                    "file storage operation failed",
+                )
+            }
             KnowledgeError::Archive(HjxError::Invalid { entry, reason }) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "VALIDATION_ERROR",

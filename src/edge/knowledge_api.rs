@@ -20,7 +20,9 @@ use super::error::{ApiError, ErrorEnvelope};
 use super::json::{body_error, json_body, parse_json};
 use super::{authenticated, page, reject, rfc3339, with_ctx};
 use crate::app::AppContext;
-use crate::knowledge::{AskRequest, JarPatch, NewJar, Reader, SearchRequest, UploadMetadata};
+use crate::knowledge::{
+    AskRequest, ImportUpload, JarPatch, NewJar, Reader, SearchRequest, UploadMetadata,
+};
 
 const MAX_PAGE: u32 = 200;
 /// Room for the multipart framing and the small parts beside the file.
@@ -647,18 +649,28 @@ struct MetadataPart {
     tags: Vec<String>,
 }
 
-/// A multipart form read whole: the `file` part (its name and bytes) and the small text parts.
+/// A multipart form read whole: the `file` part (its name, and its bytes when read into
+/// memory) and the small text parts.
 struct Form {
     filename: String,
     file: Vec<u8>,
     fields: HashMap<&'static str, Vec<u8>>,
 }
 
-/// Reads a form of a `file` part (at most `file_limit` bytes) and the small parts named in
-/// `fields`; any other part is refused, and so is a form without a file.
+/// Where a form's `file` part goes.
+enum FileSink<'a> {
+    /// Into [`Form::file`], at most this many bytes.
+    Memory(u64),
+    /// Into an import's temporary file, which enforces the import limit (`Form::file` stays
+    /// empty).
+    Import(&'a mut ImportUpload),
+}
+
+/// Reads a form of a `file` part (into `sink`) and the small parts named in `fields`; any
+/// other part is refused, and so is a form without a file.
 async fn read_form(
     mut form: FormData,
-    file_limit: u64,
+    mut sink: FileSink<'_>,
     fields: &[&'static str],
 ) -> Result<Form, Rejection> {
     let mut file = None;
@@ -669,8 +681,21 @@ async fn read_form(
         .map_err(|err| reject(body_error(&err)))?
     {
         if part.name() == "file" {
+            if file.is_some() {
+                return Err(reject(ApiError::validation(
+                    "file",
+                    "more than one file part",
+                )));
+            }
             let filename = part.filename().unwrap_or("document").to_owned();
-            file = Some((filename, read_part(part, file_limit).await?));
+            let bytes = match &mut sink {
+                FileSink::Memory(limit) => read_part(part, *limit).await?,
+                FileSink::Import(upload) => {
+                    spool_part(part, upload).await?;
+                    Vec::new()
+                }
+            };
+            file = Some((filename, bytes));
         } else if let Some(&field) = fields.iter().find(|&&field| field == part.name()) {
             values.insert(field, read_part(part, MULTIPART_OVERHEAD).await?);
         } else {
@@ -707,6 +732,24 @@ async fn read_part(part: Part, limit: u64) -> Result<Vec<u8>, Rejection> {
     Ok(bytes)
 }
 
+/// Streams a part into an import's temporary file.
+async fn spool_part(part: Part, upload: &mut ImportUpload) -> Result<(), Rejection> {
+    let mut stream = part.stream();
+    while let Some(mut chunk) = stream
+        .try_next()
+        .await
+        .map_err(|err| reject(body_error(&err)))?
+    {
+        while bytes::Buf::has_remaining(&chunk) {
+            let piece = bytes::Buf::chunk(&chunk);
+            let len = piece.len();
+            upload.write(piece).await.map_err(reject)?;
+            bytes::Buf::advance(&mut chunk, len);
+        }
+    }
+    Ok(())
+}
+
 /// Upload a document (multipart: `file`, optional `metadata` JSON with title, description,
 /// tags). Answers at once with `status: processing` (or `failed` with the reason for an
 /// unsupported file); poll the document for progress.
@@ -725,7 +768,12 @@ pub async fn upload_document(
     who: Identity,
     form: FormData,
 ) -> Result<Response, Rejection> {
-    let form = read_form(form, ctx.knowledge.max_upload_bytes(), &["metadata"]).await?;
+    let form = read_form(
+        form,
+        FileSink::Memory(ctx.knowledge.max_upload_bytes()),
+        &["metadata"],
+    )
+    .await?;
     let metadata: MetadataPart = match form.fields.get("metadata") {
         Some(bytes) => parse_json(bytes).map_err(|mut err| {
             err.message = format!("metadata: {}", err.message);
@@ -799,7 +847,8 @@ pub struct ImportedJarView {
 /// Import an HJX archive as a new private jar owned by the caller (multipart: `file`, optional
 /// `name` overriding the archive's jar name). The whole archive is checked before anything is
 /// written; an archive breaking the format's rules is refused with 422 naming the entry
-/// (`details.entry`).
+/// (`details.entry`). The node runs `limits.max_concurrent_imports` imports at once; one more
+/// is refused at once with 503 and Retry-After.
 #[utoipa::path(post, path = "/api/knowledge/honey-pots/import", tag = "knowledge",
     security(("bearer" = []), ("cookie" = [])),
     request_body(content_type = "multipart/form-data", description = "`file` (the .hjx archive) and optional `name`"),
@@ -809,14 +858,17 @@ pub struct ImportedJarView {
         (status = 413, body = ErrorEnvelope),
         (status = 422, description = "an entry breaks the format's rules", body = ErrorEnvelope),
         (status = 429, body = ErrorEnvelope),
-        (status = 503, description = "the ingestion queue cannot take the documents to re-embed", body = ErrorEnvelope),
+        (status = 503, description = "as many imports under way as the node runs at once, or the ingestion queue cannot take the documents to re-embed", body = ErrorEnvelope),
     ))]
 pub async fn import_jar(
     ctx: Arc<AppContext>,
     who: Identity,
     form: FormData,
 ) -> Result<Response, Rejection> {
-    let mut form = read_form(form, ctx.knowledge.max_import_bytes(), &["name"]).await?;
+    // A place among the imports under way first (refused at once when none is free), then the
+    // archive streams to disk.
+    let mut upload = ctx.knowledge.begin_import().await.map_err(reject)?;
+    let mut form = read_form(form, FileSink::Import(&mut upload), &["name"]).await?;
     let name = form
         .fields
         .remove("name")
@@ -825,7 +877,7 @@ pub async fn import_jar(
         .map_err(|_| reject(ApiError::validation("name", "must be UTF-8 text")))?;
     let imported = ctx
         .knowledge
-        .import(&who, form.file, name)
+        .import(&who, upload, name)
         .await
         .map_err(reject)?;
     let view = ImportedJarView {

@@ -13,10 +13,19 @@
 //! the limit), a supported version, every original matching its size and SHA-256, every chunk in
 //! order with an embedding of the manifest's dimensions. Entries are only ever looked up by
 //! name: nothing is written to disk by path.
+//!
+//! Reading holds only the manifest (at most [`MAX_MANIFEST_BYTES`]) in memory: every other
+//! entry is written, as it is decompressed, to a file of its own (named by its position) in a
+//! private temporary directory, removed again with the [`Archive`] (or at once when the archive
+//! is refused). Originals are checked by streaming them through SHA-256 and chunk files are
+//! parsed line by line; an import then reads one document's original and chunks at a time.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashSet};
-use std::io::{self, Read};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -50,6 +59,9 @@ pub enum HjxError {
     /// A readable archive that breaks the format's rules; `entry` names the offending entry.
     #[error("{entry}: {reason}")]
     Invalid { entry: String, reason: String },
+    /// The node could not write or read back the unpacked entries (its disk, not the archive).
+    #[error("unpacking the archive: {0}")]
+    Io(io::Error),
 }
 
 fn invalid(entry: impl Into<String>, reason: impl Into<String>) -> HjxError {
@@ -336,6 +348,10 @@ impl Writer {
     }
 }
 
+/// Largest `manifest.json`, the one entry held in memory whole: room for the metadata of
+/// [`MAX_DOCUMENTS`] documents.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+
 /// Bounds on what reading an archive may take.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -345,25 +361,82 @@ pub struct Limits {
     pub max_original_bytes: u64,
 }
 
-/// A checked archive, ready to import.
+/// A checked archive, ready to import: what its manifest says, and its entries unpacked to
+/// disk, read back one document at a time ([`Archive::original`], [`Archive::chunks`]). The
+/// entries' directory is removed when the archive is dropped.
 #[derive(Debug)]
 pub struct Archive {
     pub honey_jar: JarEntry,
     pub embedding_model: EmbeddingModel,
-    pub documents: Vec<ArchiveDocument>,
+    /// In the manifest's order; the index of a document is its place here.
+    pub documents: Vec<DocumentEntry>,
+    limits: Limits,
+    unpacked: Unpacked,
 }
 
+impl Archive {
+    /// The private directory holding the unpacked entries (gone once the archive is dropped).
+    pub fn dir(&self) -> &Path {
+        self.unpacked.dir.path()
+    }
+
+    /// The original of `documents[index]`, read from disk (at most the upload limit) and
+    /// checked against the manifest again.
+    pub fn original(&self, index: usize) -> Result<Vec<u8>, HjxError> {
+        let entry = &self.documents[index];
+        let mut bytes = Vec::new();
+        self.unpacked
+            .open(&entry.original)?
+            .take(self.limits.max_original_bytes.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(HjxError::Io)?;
+        check_original(entry, bytes.as_slice(), self.limits)?;
+        Ok(bytes)
+    }
+
+    /// The chunks of `documents[index]`, read from disk and checked again.
+    pub fn chunks(&self, index: usize) -> Result<Vec<ChunkRecord>, HjxError> {
+        let entry = &self.documents[index];
+        let mut chunks = Vec::new();
+        read_chunks(
+            entry,
+            self.unpacked.open(&entry.chunks)?,
+            self.embedding_model.dimensions,
+            |chunk| chunks.push(chunk),
+        )?;
+        Ok(chunks)
+    }
+}
+
+/// An archive's entries on disk: each in a file of its own, named by its position in the
+/// archive (never by its path), in a private (0700) temporary directory removed on drop; and
+/// the manifest, the one entry held in memory.
 #[derive(Debug)]
-pub struct ArchiveDocument {
-    pub entry: DocumentEntry,
-    pub original: Vec<u8>,
-    pub chunks: Vec<ChunkRecord>,
+struct Unpacked {
+    dir: tempfile::TempDir,
+    /// Entry path → its file.
+    files: BTreeMap<String, PathBuf>,
+    manifest: Option<Vec<u8>>,
 }
 
-/// Reads and checks a whole archive (see the module's rules); the first violation is the error.
-pub fn read(bytes: &[u8], limits: Limits) -> Result<Archive, HjxError> {
-    let mut files = unpack(bytes, limits)?;
-    let manifest = parse_manifest(files.remove(MANIFEST))?;
+impl Unpacked {
+    fn open(&self, path: &str) -> Result<File, HjxError> {
+        let file = self
+            .files
+            .get(path)
+            .ok_or_else(|| invalid(path, "missing (named by the manifest)"))?;
+        File::open(file).map_err(HjxError::Io)
+    }
+}
+
+/// Reads and checks a whole archive (see the module's rules), unpacking its entries into a new
+/// temporary directory under `temp_in`; the first violation is the error, and then nothing is
+/// left on disk. Each original is checked by streaming it through SHA-256 and each chunk file
+/// is parsed line by line, one document at a time: what this holds in memory is the manifest
+/// and one chunk line, whatever the archive's size.
+pub fn read(archive: impl Read, temp_in: &Path, limits: Limits) -> Result<Archive, HjxError> {
+    let mut unpacked = unpack(archive, temp_in, limits)?;
+    let manifest = parse_manifest(unpacked.manifest.take())?;
     let mut ids = HashSet::new();
     let mut named = HashSet::new();
     for (i, document) in manifest.documents.iter().enumerate() {
@@ -382,31 +455,26 @@ pub fn read(bytes: &[u8], limits: Limits) -> Result<Archive, HjxError> {
             }
         }
     }
-    if let Some(stray) = files.keys().find(|path| !named.contains(path.as_str())) {
+    if let Some(stray) = unpacked
+        .files
+        .keys()
+        .find(|path| !named.contains(path.as_str()))
+    {
         return Err(invalid(stray.as_str(), "not named by the manifest"));
     }
     let dimensions = manifest.embedding_model.dimensions;
-    let mut documents = Vec::with_capacity(manifest.documents.len());
-    for entry in manifest.documents {
-        let mut take = |path: &str| {
-            files
-                .remove(path)
-                .ok_or_else(|| invalid(path, "missing (named by the manifest)"))
-        };
-        let original = take(&entry.original)?;
-        let chunks = take(&entry.chunks)?;
-        check_original(&entry, &original, limits)?;
-        let chunks = parse_chunks(&entry, &chunks, dimensions)?;
-        documents.push(ArchiveDocument {
-            entry,
-            original,
-            chunks,
-        });
+    for entry in &manifest.documents {
+        let original = unpacked.open(&entry.original)?;
+        let chunks = unpacked.open(&entry.chunks)?;
+        check_original(entry, original, limits)?;
+        read_chunks(entry, chunks, dimensions, drop)?;
     }
     Ok(Archive {
         honey_jar: manifest.honey_jar,
         embedding_model: manifest.embedding_model,
-        documents,
+        documents: manifest.documents,
+        limits,
+        unpacked,
     })
 }
 
@@ -448,14 +516,26 @@ impl<R: Read> Read for Bounded<'_, R> {
     }
 }
 
-/// The archive's entries by path, each checked as it is decompressed.
-fn unpack(bytes: &[u8], limits: Limits) -> Result<BTreeMap<String, Vec<u8>>, HjxError> {
-    if !bytes.starts_with(&[0x1f, 0x8b]) {
-        return Err(HjxError::Malformed("not a gzip stream".into()));
+/// The archive's entries, each checked as it is decompressed and written to its own file in a
+/// new private directory under `temp_in` (removed again on any error).
+fn unpack(mut archive: impl Read, temp_in: &Path, limits: Limits) -> Result<Unpacked, HjxError> {
+    let mut magic = [0u8; 2];
+    match archive.read_exact(&mut magic) {
+        Ok(()) if magic == [0x1f, 0x8b] => {}
+        Ok(()) => return Err(HjxError::Malformed("not a gzip stream".into())),
+        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
+            return Err(HjxError::Malformed("not a gzip stream".into()))
+        }
+        Err(err) => return Err(HjxError::Io(err)),
     }
+    let dir = tempfile::Builder::new()
+        .prefix("import-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir_in(temp_in)
+        .map_err(HjxError::Io)?;
     let exceeded = Cell::new(false);
     let mut archive = tar::Archive::new(Bounded {
-        inner: GzDecoder::new(bytes),
+        inner: GzDecoder::new(io::Cursor::new(magic).chain(archive)),
         left: limits.max_unpacked_bytes,
         exceeded: &exceeded,
     });
@@ -473,6 +553,9 @@ fn unpack(bytes: &[u8], limits: Limits) -> Result<BTreeMap<String, Vec<u8>>, Hjx
         }
     };
     let mut files = BTreeMap::new();
+    let mut manifest = None;
+    let mut count = 0;
+    let mut buffer = vec![0u8; 64 * 1024];
     let entries = archive
         .entries()
         .map_err(|err| broken(WHOLE_ARCHIVE, err))?;
@@ -496,39 +579,80 @@ fn unpack(bytes: &[u8], limits: Limits) -> Result<BTreeMap<String, Vec<u8>>, Hjx
                 format!("only regular files are allowed, not {kind:?} entries"),
             ));
         }
-        if files.len() == MAX_ENTRIES {
+        if count == MAX_ENTRIES {
             return Err(invalid(path, format!("more than {MAX_ENTRIES} entries")));
         }
-        if files.contains_key(&path) {
+        count += 1;
+        if files.contains_key(&path) || (path == MANIFEST && manifest.is_some()) {
             return Err(invalid(path, "appears twice"));
         }
-        let mut data = Vec::new();
-        entry
-            .read_to_end(&mut data)
-            .map_err(|err| broken(&path, err))?;
-        files.insert(path, data);
+        if path == MANIFEST {
+            let too_large = || invalid(MANIFEST, format!("larger than {MAX_MANIFEST_BYTES} bytes"));
+            if entry.size() > MAX_MANIFEST_BYTES {
+                return Err(too_large());
+            }
+            let mut data = Vec::new();
+            (&mut entry)
+                .take(MAX_MANIFEST_BYTES + 1)
+                .read_to_end(&mut data)
+                .map_err(|err| broken(&path, err))?;
+            if data.len() as u64 > MAX_MANIFEST_BYTES {
+                return Err(too_large());
+            }
+            manifest = Some(data);
+            continue;
+        }
+        let file = dir.path().join(count.to_string());
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)
+            .map_err(HjxError::Io)?;
+        loop {
+            let read = entry.read(&mut buffer).map_err(|err| broken(&path, err))?;
+            if read == 0 {
+                break;
+            }
+            out.write_all(&buffer[..read]).map_err(HjxError::Io)?;
+        }
+        files.insert(path, file);
     }
-    Ok(files)
+    Ok(Unpacked {
+        dir,
+        files,
+        manifest,
+    })
+}
+
+/// The format and version, read before the rest so that another version is named as such.
+#[derive(Deserialize)]
+struct Head {
+    #[serde(default)]
+    format: serde_json::Value,
+    #[serde(default)]
+    version: serde_json::Value,
 }
 
 fn parse_manifest(bytes: Option<Vec<u8>>) -> Result<Manifest, HjxError> {
     let bytes = bytes.ok_or_else(|| invalid(MANIFEST, "missing"))?;
-    let value: serde_json::Value =
+    let head: Head =
         serde_json::from_slice(&bytes).map_err(|err| invalid(MANIFEST, err.to_string()))?;
-    if value["format"] != FORMAT {
+    if head.format != FORMAT {
         return Err(invalid(MANIFEST, "format must be \"hjx\""));
     }
-    if value["version"] != VERSION {
+    if head.version != VERSION {
         return Err(invalid(
             MANIFEST,
             format!(
                 "unsupported version {} (this node reads version {VERSION})",
-                value["version"]
+                head.version
             ),
         ));
     }
-    let manifest: Manifest = serde_path_to_error::deserialize(value)
-        .map_err(|err| invalid(MANIFEST, err.to_string()))?;
+    let manifest: Manifest =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&bytes))
+            .map_err(|err| invalid(MANIFEST, err.to_string()))?;
     if !(1..=MAX_DIMENSIONS).contains(&manifest.embedding_model.dimensions) {
         return Err(invalid(
             MANIFEST,
@@ -544,8 +668,19 @@ fn parse_manifest(bytes: Option<Vec<u8>>) -> Result<Manifest, HjxError> {
     Ok(manifest)
 }
 
-fn check_original(entry: &DocumentEntry, original: &[u8], limits: Limits) -> Result<(), HjxError> {
-    let size = original.len() as u64;
+/// Checks an original against its manifest entry, streaming it through SHA-256 (at most one
+/// byte beyond the upload limit is read).
+fn check_original(
+    entry: &DocumentEntry,
+    original: impl Read,
+    limits: Limits,
+) -> Result<(), HjxError> {
+    let mut hasher = Sha256::new();
+    let size = io::copy(
+        &mut original.take(limits.max_original_bytes.saturating_add(1)),
+        &mut hasher,
+    )
+    .map_err(HjxError::Io)?;
     if size > limits.max_original_bytes {
         return Err(invalid(
             &entry.original,
@@ -561,7 +696,7 @@ fn check_original(entry: &DocumentEntry, original: &[u8], limits: Limits) -> Res
             format!("{size} bytes, the manifest says {}", entry.size),
         ));
     }
-    if !hex::encode(Sha256::digest(original)).eq_ignore_ascii_case(&entry.sha256) {
+    if !hex::encode(hasher.finalize()).eq_ignore_ascii_case(&entry.sha256) {
         return Err(invalid(
             &entry.original,
             "SHA-256 does not match the manifest",
@@ -570,24 +705,33 @@ fn check_original(entry: &DocumentEntry, original: &[u8], limits: Limits) -> Res
     Ok(())
 }
 
-fn parse_chunks(
+/// Parses a chunk file line by line, handing each checked chunk to `each`.
+fn read_chunks(
     entry: &DocumentEntry,
-    bytes: &[u8],
+    file: impl Read,
     dimensions: usize,
-) -> Result<Vec<ChunkRecord>, HjxError> {
+    mut each: impl FnMut(ChunkRecord),
+) -> Result<(), HjxError> {
     let at = |line: usize, reason: String| invalid(&entry.chunks, format!("line {line}: {reason}"));
-    let mut chunks: Vec<ChunkRecord> = Vec::new();
-    for (index, line) in bytes.split(|&b| b == b'\n').enumerate() {
+    let mut reader = io::BufReader::new(file);
+    let mut line = Vec::new();
+    let mut number = 0;
+    let mut count: u64 = 0;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).map_err(HjxError::Io)? == 0 {
+            break;
+        }
+        number += 1;
         if line.trim_ascii().is_empty() {
             continue;
         }
-        let number = index + 1;
         let chunk: ChunkRecord =
-            serde_json::from_slice(line).map_err(|err| at(number, err.to_string()))?;
-        if chunk.seq as usize != chunks.len() {
+            serde_json::from_slice(&line).map_err(|err| at(number, err.to_string()))?;
+        if u64::from(chunk.seq) != count {
             return Err(at(
                 number,
-                format!("seq {} where {} was expected", chunk.seq, chunks.len()),
+                format!("seq {} where {count} was expected", chunk.seq),
             ));
         }
         if chunk.embedding.len() != dimensions {
@@ -602,19 +746,16 @@ fn parse_chunks(
         if !chunk.embedding.iter().all(|x| x.is_finite()) {
             return Err(at(number, "the embedding is not finite".into()));
         }
-        chunks.push(chunk);
+        count += 1;
+        each(chunk);
     }
-    if chunks.len() as u64 != entry.chunk_count {
+    if count != entry.chunk_count {
         return Err(invalid(
             &entry.chunks,
-            format!(
-                "{} chunks, the manifest says {}",
-                chunks.len(),
-                entry.chunk_count
-            ),
+            format!("{count} chunks, the manifest says {}", entry.chunk_count),
         ));
     }
-    Ok(chunks)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -768,8 +909,13 @@ mod tests {
         pack(&entries)
     }
 
+    /// Reads an archive, unpacking it under the system's temporary directory.
+    fn open(archive: &[u8], limits: Limits) -> Result<Archive, HjxError> {
+        read(archive, &std::env::temp_dir(), limits)
+    }
+
     fn refused(archive: &[u8]) -> (String, String) {
-        match read(archive, LIMITS) {
+        match open(archive, LIMITS) {
             Err(HjxError::Invalid { entry, reason }) => (entry, reason),
             other => panic!("expected an invalid archive, got {other:?}"),
         }
@@ -792,7 +938,7 @@ mod tests {
     #[test]
     fn archives_round_trip() {
         let (archive, processed) = sample();
-        let imported = read(&archive, LIMITS).unwrap();
+        let imported = open(&archive, LIMITS).unwrap();
         assert_eq!(imported.honey_jar.name, "Field guide");
         assert_eq!(imported.honey_jar.visibility, "shared");
         assert!(imported.honey_jar.settings.encryption_enabled);
@@ -800,16 +946,17 @@ mod tests {
         let [document] = imported.documents.as_slice() else {
             panic!("one document: {imported:?}");
         };
-        assert_eq!(document.entry.id, processed.id);
-        assert_eq!(document.entry.title, "Notes");
-        assert_eq!(document.entry.metadata.language.as_deref(), Some("en"));
-        assert_eq!(document.original, ORIGINAL);
+        assert_eq!(document.id, processed.id);
+        assert_eq!(document.title, "Notes");
+        assert_eq!(document.metadata.language.as_deref(), Some("en"));
+        assert_eq!(imported.original(0).unwrap(), ORIGINAL);
         let expected: Vec<ChunkRecord> = chunks(&processed)
             .into_iter()
             .map(ChunkRecord::from)
             .collect();
-        assert_eq!(document.chunks, expected, "embeddings are exact");
-        let restored = document.chunks[1]
+        let read_back = imported.chunks(0).unwrap();
+        assert_eq!(read_back, expected, "embeddings are exact");
+        let restored = read_back[1]
             .clone()
             .into_chunk(processed.jar_id, processed.id);
         assert_eq!(restored, chunks(&processed)[1]);
@@ -898,7 +1045,7 @@ mod tests {
             max_original_bytes: 8,
             ..LIMITS
         };
-        match read(&archive, small) {
+        match open(&archive, small) {
             Err(HjxError::Invalid { entry, reason }) => {
                 assert!(entry.ends_with("/original"));
                 assert!(reason.contains("upload limit"), "{reason}");
@@ -957,16 +1104,110 @@ mod tests {
         assert!(reason.starts_with("line 1:"), "{reason}");
     }
 
+    /// The names in `dir`.
+    fn listing(dir: &Path) -> Vec<PathBuf> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn entries_are_unpacked_to_a_private_directory_removed_afterwards() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let temp = tempfile::tempdir().unwrap();
+        let (archive, _) = sample();
+        let imported = read(archive.as_slice(), temp.path(), LIMITS).unwrap();
+        // One directory of its own, private, holding the original and the chunks (each in its
+        // own file, named by position); the manifest stays in memory only.
+        assert_eq!(listing(temp.path()), [imported.dir().to_path_buf()]);
+        assert_eq!(mode(imported.dir()), 0o700);
+        let files = listing(imported.dir());
+        assert_eq!(files.len(), 2, "{files:?}");
+        let contents: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+        assert!(
+            contents.iter().any(|c| c == ORIGINAL),
+            "the original on disk"
+        );
+        assert!(
+            contents.iter().any(|c| c.starts_with(b"{\"seq\":0")),
+            "the chunks on disk"
+        );
+        for file in &files {
+            assert_eq!(mode(file), 0o600);
+            let name = file.file_name().unwrap().to_str().unwrap();
+            assert!(
+                name.bytes().all(|b| b.is_ascii_digit()),
+                "named by position: {name}"
+            );
+        }
+        // Read back on demand, then gone with the archive.
+        assert_eq!(imported.original(0).unwrap(), ORIGINAL);
+        assert_eq!(imported.chunks(0).unwrap().len(), 2);
+        drop(imported);
+        assert!(listing(temp.path()).is_empty());
+
+        // Refused archives leave nothing behind either, wherever they fail.
+        let bomb = pack(&[(
+            b"documents/x/original".to_vec(),
+            tar::EntryType::Regular,
+            vec![0; 4 << 20],
+        )]);
+        let altered = tampered(
+            |name, mut data| {
+                if name.ends_with("/original") {
+                    data[0] ^= 1;
+                }
+                data
+            },
+            None,
+        );
+        let traversal = tampered(|_, data| data, Some((b"../x", tar::EntryType::Regular)));
+        let mut truncated = archive.clone();
+        truncated.truncate(archive.len() / 2);
+        for refused in [bomb, altered, traversal, truncated, b"not gzip".to_vec()] {
+            assert!(read(refused.as_slice(), temp.path(), LIMITS).is_err());
+            assert!(listing(temp.path()).is_empty());
+        }
+    }
+
+    #[test]
+    fn an_oversized_manifest_is_refused_before_it_is_read() {
+        // A header claiming more than the manifest may hold (the data is never read).
+        let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Default::default()));
+        let mut header = tar::Header::new_ustar();
+        header.set_path(MANIFEST).unwrap();
+        header.set_size(MAX_MANIFEST_BYTES + 1);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append(&header, &b"{}"[..]).unwrap();
+        let archive = builder.into_inner().unwrap().finish().unwrap();
+        let limits = Limits {
+            max_unpacked_bytes: 1 << 30,
+            ..LIMITS
+        };
+        match open(&archive, limits) {
+            Err(HjxError::Invalid { entry, reason }) => {
+                assert_eq!(entry, MANIFEST);
+                assert!(reason.contains("larger than"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn not_a_gzip_or_not_a_tar_is_malformed() {
         assert!(matches!(
-            read(b"PK\x03\x04 a zip", LIMITS),
+            open(b"PK\x03\x04 a zip", LIMITS),
             Err(HjxError::Malformed(_))
         ));
         let mut gz = GzEncoder::new(Vec::new(), Default::default());
         io::Write::write_all(&mut gz, &[7u8; 2048]).unwrap();
         assert!(matches!(
-            read(&gz.finish().unwrap(), LIMITS),
+            open(&gz.finish().unwrap(), LIMITS),
             Err(HjxError::Malformed(_))
         ));
     }

@@ -1066,6 +1066,143 @@ async fn honey_jars_travel_as_hjx_archives() {
         .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
     let bobs = server.get("/api/knowledge/honey-pots", Some(&bob)).await;
     assert_eq!(bobs.body["total"], 2, "{}", bobs.body);
+    // Every import, taken or refused, unpacked under <data_dir>/imports and left nothing there.
+    assert_eq!(leftover_imports(&server), Vec::<String>::new());
+}
+
+/// What is in the imports' private temporary directory (which must exist, 0700).
+fn leftover_imports(server: &TestServer) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = server.data_dir.join("imports");
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// An import sent by hand over plain HTTP with `Expect: 100-continue`, its body held back: the
+/// node answers `100 Continue` only once the import's handler reads the body, that is once it
+/// holds its place among the imports under way.
+struct HeldImport {
+    stream: tokio::net::TcpStream,
+    body: Vec<u8>,
+    sent: usize,
+}
+
+const BOUNDARY: &str = "sting-e2e-boundary";
+
+impl HeldImport {
+    async fn open(server: &TestServer, token: &str, archive: &[u8]) -> HeldImport {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let body = [
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; \
+                 filename=\"jar.hjx\"\r\nContent-Type: application/gzip\r\n\r\n"
+            )
+            .as_bytes(),
+            archive,
+            format!("\r\n--{BOUNDARY}--\r\n").as_bytes(),
+        ]
+        .concat();
+        let authority = server.base.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(authority).await.unwrap();
+        let head = format!(
+            "POST /api/knowledge/honey-pots/import HTTP/1.1\r\nHost: {authority}\r\n\
+             Authorization: Bearer {token}\r\n\
+             Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\
+             Content-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let expected = b"HTTP/1.1 100 Continue\r\n\r\n";
+        let mut answer = vec![0u8; expected.len()];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut answer))
+            .await
+            .expect("the node reads the body of the first import")
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&answer),
+            String::from_utf8_lossy(expected)
+        );
+        HeldImport {
+            stream,
+            body,
+            sent: 0,
+        }
+    }
+
+    /// Sends the next `len` bytes of the body.
+    async fn send(&mut self, len: usize) {
+        use tokio::io::AsyncWriteExt;
+        let end = self.sent.saturating_add(len).min(self.body.len());
+        self.stream
+            .write_all(&self.body[self.sent..end])
+            .await
+            .unwrap();
+        self.sent = end;
+    }
+
+    /// Sends the rest of the body; returns the final answer's status and JSON body.
+    async fn finish(mut self) -> (u16, Value) {
+        use tokio::io::AsyncReadExt;
+        self.send(usize::MAX).await;
+        let mut answer = Vec::new();
+        tokio::time::timeout(PROCESSING_TIMEOUT, self.stream.read_to_end(&mut answer))
+            .await
+            .expect("the import answers")
+            .unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test]
+async fn imports_beyond_the_concurrency_limit_are_refused_at_once() {
+    if !onnxruntime_available("imports_beyond_the_concurrency_limit_are_refused_at_once") {
+        return;
+    }
+    let server = knowledge_server()
+        .env("STING_LIMITS__MAX_CONCURRENT_IMPORTS", "1")
+        .start()
+        .await;
+    let (alice, _) = server.register("alice.imports@example.com").await;
+    let (bob, _) = server.register("bob.imports@example.com").await;
+    let jar = create_jar(&server, &alice, json!({"name": "Meadow notes"})).await;
+    let notes = format!("# Notes\n\n{}", english("the meadow in winter"));
+    let (_, document) = upload(&server, &alice, &jar, "notes.md", notes.into(), None).await;
+    let id = document["id"].as_str().unwrap();
+    assert_eq!(settled(&server, &alice, id).await["status"], "processed");
+    let (_, archive) = export(&server, &alice, &jar).await;
+
+    // Alice's import holds the only place while its archive trickles in ...
+    let mut first = HeldImport::open(&server, &alice, &archive).await;
+    first.send(archive.len() / 2).await;
+    // ... so Bob's is refused at once, without waiting for it, and nothing is created.
+    let refused = import(&server, &bob, archive.clone(), None).await;
+    refused.assert_error(StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE");
+    assert!(
+        refused
+            .header("retry-after")
+            .is_some_and(|secs| secs.parse::<u64>().is_ok_and(|secs| secs >= 1)),
+        "{:?}",
+        refused.headers
+    );
+    let bobs = server.get("/api/knowledge/honey-pots", Some(&bob)).await;
+    assert_eq!(bobs.body["total"], 0, "{}", bobs.body);
+
+    // The first one completes; then its place is free again.
+    let (status, body) = first.finish().await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["imported_documents"], 1, "{body}");
+    assert_eq!(body["reembedding"], false, "{body}");
+    let retried = import(&server, &bob, archive, Some("Bob's notes")).await;
+    assert_eq!(retried.status, StatusCode::CREATED, "{}", retried.body);
+    assert_eq!(retried.body["document_count"], 1, "{}", retried.body);
+    assert_eq!(leftover_imports(&server), Vec::<String>::new());
 }
 
 #[tokio::test]
