@@ -369,12 +369,12 @@ mod tests {
 
     #[test]
     fn credential_attempts_count_per_address_whoever_is_signed_in() {
-        let user = Some(uuid::Uuid::new_v4());
+        let user = uuid::Uuid::new_v4();
         let ip: IpAddr = "203.0.113.7".parse().unwrap();
-        assert_eq!(Caller::of(Category::Auth, user, ip), Caller::Ip(ip));
+        assert_eq!(Caller::of(Category::Auth, Some(user), ip), Caller::Ip(ip));
         assert_eq!(
-            Caller::of(Category::Chat, user, ip),
-            Caller::User(user.unwrap())
+            Caller::of(Category::Chat, Some(user), ip),
+            Caller::User(user)
         );
         assert_eq!(Caller::of(Category::Chat, None, ip), Caller::Ip(ip));
     }

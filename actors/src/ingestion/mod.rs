@@ -6,7 +6,8 @@
 
 pub mod blobs;
 pub mod chunk;
-pub mod extract;
 pub mod pipeline;
-#[cfg(any(test, feature = "samples"))]
-pub mod samples;
+/// Extraction is its own crate (pure functions over bytes, fuzzed on their own).
+pub use sting_extract as extract;
+#[cfg(feature = "samples")]
+pub use sting_extract::samples;

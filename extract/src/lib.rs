@@ -14,6 +14,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+#[cfg(any(test, feature = "samples"))]
+pub mod samples;
+
 use quick_xml::events::{BytesRef, BytesStart, Event};
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
@@ -1414,7 +1417,7 @@ mod tests {
     use std::io::Write;
 
     use super::*;
-    use crate::ingestion::samples;
+    use crate::samples;
 
     const ENGLISH: &str = "The committee reviewed the annual budget and decided to increase \
         funding for public libraries, schools and parks across the whole region this year.";

@@ -1,5 +1,5 @@
 //! Sample documents written in code (feature `samples`), for tests here and end-to-end tests
-//! of the binary: real files that [`super::extract`] reads like any other.
+//! of the binary: real files that [`crate::extract`] reads like any other.
 
 use std::io::{Cursor, Write};
 
