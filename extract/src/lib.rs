@@ -44,7 +44,8 @@ pub enum DocumentKind {
 }
 
 impl DocumentKind {
-    const ALL: [DocumentKind; 7] = [
+    /// Every kind, in the order of the variants.
+    pub const ALL: [DocumentKind; 7] = [
         DocumentKind::Pdf,
         DocumentKind::Docx,
         DocumentKind::Markdown,

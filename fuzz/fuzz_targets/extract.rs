@@ -15,16 +15,6 @@ const LIMITS: ExtractLimits = ExtractLimits {
     timeout: Duration::from_secs(5),
 };
 
-const KINDS: [DocumentKind; 7] = [
-    DocumentKind::Pdf,
-    DocumentKind::Docx,
-    DocumentKind::Markdown,
-    DocumentKind::Html,
-    DocumentKind::Text,
-    DocumentKind::Json,
-    DocumentKind::Csv,
-];
-
 const NAMES: [&str; 4] = ["upload.bin", "notes.md", "table.csv", "page.html"];
 
 fuzz_target!(|input: &[u8]| {
@@ -32,7 +22,7 @@ fuzz_target!(|input: &[u8]| {
     let Some((&selector, bytes)) = input.split_first() else {
         return;
     };
-    let kind = KINDS[usize::from(selector) % KINDS.len()];
+    let kind = DocumentKind::ALL[usize::from(selector) % DocumentKind::ALL.len()];
     let name = NAMES[usize::from(selector >> 4) % NAMES.len()];
     let _ = detect(bytes, name);
     if let Ok(extracted) = extract(kind, bytes, &LIMITS) {
