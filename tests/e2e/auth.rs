@@ -263,12 +263,8 @@ async fn changing_the_password_signs_out_the_other_sessions() {
     let server = TestServer::start().await;
     let (this, _) = server.register("changer@example.com").await;
     let other = server
-        .login("changer@example.com", "correct horse battery")
-        .await
-        .body["session_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .session_token("changer@example.com", "correct horse battery")
+        .await;
     let change = |current: &str, new: &str| {
         server.post(
             "/api/auth/password",
@@ -319,12 +315,8 @@ async fn signing_out_everywhere_ends_every_session() {
     let server = TestServer::start().await;
     let (first, _) = server.register("leaver@example.com").await;
     let second = server
-        .login("leaver@example.com", "correct horse battery")
-        .await
-        .body["session_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .session_token("leaver@example.com", "correct horse battery")
+        .await;
     let reply = server
         .call(
             Method::POST,

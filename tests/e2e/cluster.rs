@@ -809,19 +809,11 @@ async fn account_changes_apply_on_every_node_at_once() {
 
     // Signing out everywhere through one node ends every session through every node.
     let first = cluster.nodes[0]
-        .login("everywhere@example.com", "correct horse battery")
-        .await
-        .body["session_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .session_token("everywhere@example.com", "correct horse battery")
+        .await;
     let second = cluster.nodes[2]
-        .login("everywhere@example.com", "correct horse battery")
-        .await
-        .body["session_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .session_token("everywhere@example.com", "correct horse battery")
+        .await;
     for node in 0..3 {
         assert_eq!(session(node, second.clone()).await["authenticated"], true);
     }

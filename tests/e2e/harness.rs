@@ -248,12 +248,17 @@ impl TestServer {
         .await
     }
 
+    /// Logs in and returns the session token (the login must succeed).
+    pub async fn session_token(&self, email: &str, password: &str) -> String {
+        let reply = self.login(email, password).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        reply.body["session_token"].as_str().unwrap().to_owned()
+    }
+
     /// Creates an admin with the real CLI (password on stdin) and logs in as them.
     pub async fn admin_token(&self, email: &str) -> String {
         create_user_with_cli(&self.data_dir, email, "admin password 1", true);
-        let reply = self.login(email, "admin password 1").await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-        reply.body["session_token"].as_str().unwrap().to_owned()
+        self.session_token(email, "admin password 1").await
     }
 
     /// SIGTERM, then waits for the process to exit.

@@ -1233,12 +1233,8 @@ async fn amplifying_uploads_fail_within_budget_and_the_node_stays_up() {
     // Started again, it resumes nothing of them and serves.
     let server = knowledge_server().start_in(dir.path()).await;
     let token = server
-        .login("amplify@example.com", "correct horse battery")
-        .await
-        .body["session_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .session_token("amplify@example.com", "correct horse battery")
+        .await;
     for id in &failed {
         let document = settled(&server, &token, id).await;
         assert_eq!(document["status"], "failed", "{document}");
@@ -1303,12 +1299,8 @@ async fn a_document_that_keeps_interrupting_its_node_is_failed_not_resumed() {
 
     let server = options().start_in(dir.path()).await;
     let token = server
-        .login("again@example.com", "correct horse battery")
-        .await
-        .body["session_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .session_token("again@example.com", "correct horse battery")
+        .await;
     let document = settled(&server, &token, &id).await;
     assert_eq!(document["status"], "failed", "{document}");
     assert!(

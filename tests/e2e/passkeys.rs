@@ -217,12 +217,8 @@ async fn register_and_log_in_with_a_passkey() {
 
     // A registration is answered from the session that started it.
     let second_session = server
-        .login("alice@example.com", "correct horse battery")
-        .await
-        .body["session_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .session_token("alice@example.com", "correct horse battery")
+        .await;
     let credential = create_credential(&server, &token, &mut other_key, here.clone()).await;
     server
         .post(
@@ -417,12 +413,8 @@ async fn changing_passkeys_needs_a_recent_login() {
         .await;
     assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
     let fresh = server
-        .login("fresh@example.com", "correct horse battery")
-        .await
-        .body["session_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .session_token("fresh@example.com", "correct horse battery")
+        .await;
     let deleted = server.call(Method::DELETE, &path, Some(&fresh), None).await;
     assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.body);
 }
