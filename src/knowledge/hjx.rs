@@ -1054,9 +1054,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn originals_must_match_their_sha256() {
-        let altered = tampered(
+    /// The sample archive with one bit of its original flipped.
+    fn altered_original() -> Vec<u8> {
+        tampered(
             |name, mut data| {
                 if name.ends_with("/original") {
                     data[0] ^= 1;
@@ -1064,7 +1064,12 @@ mod tests {
                 data
             },
             None,
-        );
+        )
+    }
+
+    #[test]
+    fn originals_must_match_their_sha256() {
+        let altered = altered_original();
         let (entry, reason) = refused(&altered);
         assert!(entry.ends_with("/original"), "{entry}");
         assert!(reason.contains("SHA-256"), "{reason}");
@@ -1156,15 +1161,7 @@ mod tests {
             tar::EntryType::Regular,
             vec![0; 4 << 20],
         )]);
-        let altered = tampered(
-            |name, mut data| {
-                if name.ends_with("/original") {
-                    data[0] ^= 1;
-                }
-                data
-            },
-            None,
-        );
+        let altered = altered_original();
         let traversal = tampered(|_, data| data, Some((b"../x", tar::EntryType::Regular)));
         let mut truncated = archive.clone();
         truncated.truncate(archive.len() / 2);
